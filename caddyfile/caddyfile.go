@@ -1,0 +1,213 @@
+// Package caddyfile adds the s3_media_cache directive to the Caddyfile. It
+// only parses: every default and every check that does not need the
+// Caddyfile's line numbers lives in package s3cache, so JSON configs get
+// the same behaviour.
+package caddyfile
+
+import (
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/s3mediacache/caddy-s3-media-cache/s3cache"
+)
+
+func init() {
+	httpcaddyfile.RegisterHandlerDirective("s3_media_cache", parseDirective)
+	// Before file_server, so a site can serve its own static files
+	// under other matchers and hand the media paths to us; after the
+	// header and encode directives, so those still wrap our responses.
+	httpcaddyfile.RegisterDirectiveOrder("s3_media_cache", httpcaddyfile.Before, "file_server")
+}
+
+func parseDirective(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	handler := new(s3cache.Handler)
+	if err := Unmarshal(h.Dispenser, handler); err != nil {
+		return nil, err
+	}
+	return handler, nil
+}
+
+// Unmarshal fills handler from an s3_media_cache block:
+//
+//	s3_media_cache [<matcher>] {
+//		bucket <name>
+//		endpoint <url>
+//		region <region>
+//		path_style
+//		prefix <key prefix>
+//		strip_path_prefix <url path prefix>
+//		access_key <id>
+//		secret_key <secret>
+//		anonymous
+//		root <dir>
+//		cache_dir <dir>
+//		max_size <size>
+//		connect_timeout <duration>
+//		first_byte_timeout <duration>
+//		read_timeout <duration>
+//		cache_control <value>|off
+//		expires <duration>|off
+//		cors_origin <value>|off
+//		content_security_policy <value>|off
+//		nosniff on|off
+//		hide_header <name>...
+//	}
+//
+// The matcher, if any, has already been consumed by the Helper.
+func Unmarshal(d *caddyfile.Dispenser, h *s3cache.Handler) error {
+	d.Next() // the directive's name
+	if d.NextArg() {
+		return d.Errf("s3_media_cache takes no arguments on its first line, only a block of options")
+	}
+	seen := make(map[string]bool)
+	for d.NextBlock(0) {
+		option := d.Val()
+		if seen[option] && option != "hide_header" {
+			return d.Errf("s3_media_cache: %s is given twice", option)
+		}
+		seen[option] = true
+
+		var err error
+		switch option {
+		case "bucket":
+			h.Bucket, err = oneArg(d)
+		case "endpoint":
+			h.Endpoint, err = oneArg(d)
+		case "region":
+			h.Region, err = oneArg(d)
+		case "path_style":
+			err = flag(d, &h.PathStyle)
+		case "prefix":
+			h.Prefix, err = oneArg(d)
+		case "strip_path_prefix":
+			h.StripPathPrefix, err = oneArg(d)
+		case "access_key":
+			h.AccessKey, err = oneArg(d)
+		case "secret_key":
+			h.SecretKey, err = oneArg(d)
+		case "anonymous":
+			err = flag(d, &h.Anonymous)
+		case "root":
+			h.Root, err = oneArg(d)
+		case "cache_dir":
+			h.CacheDir, err = oneArg(d)
+		case "max_size":
+			h.MaxSize, err = sizeArg(d)
+		case "connect_timeout":
+			h.ConnectTimeout, err = durationArg(d)
+		case "first_byte_timeout":
+			h.FirstByteTimeout, err = durationArg(d)
+		case "read_timeout":
+			h.ReadTimeout, err = durationArg(d)
+		case "cache_control":
+			h.CacheControl, err = oneArg(d)
+		case "expires":
+			h.Expires, err = expiresArg(d)
+		case "cors_origin":
+			h.CORSOrigin, err = oneArg(d)
+		case "content_security_policy":
+			h.ContentSecurityPolicy, err = oneArg(d)
+		case "nosniff":
+			var on bool
+			on, err = onOffArg(d)
+			h.DisableNosniff = !on
+		case "hide_header":
+			names := d.RemainingArgs()
+			if len(names) == 0 {
+				return d.Errf("s3_media_cache: hide_header needs at least one header name")
+			}
+			h.HideHeaders = append(h.HideHeaders, names...)
+		default:
+			return d.Errf("s3_media_cache: unrecognized option %q", option)
+		}
+		if err != nil {
+			return err
+		}
+		if d.NextBlock(1) {
+			return d.Errf("s3_media_cache: %s does not take a block", option)
+		}
+	}
+	if h.Bucket == "" {
+		return d.Errf("s3_media_cache: bucket is required")
+	}
+	return nil
+}
+
+// oneArg reads exactly one argument for the current option.
+func oneArg(d *caddyfile.Dispenser) (string, error) {
+	option := d.Val()
+	args := d.RemainingArgs()
+	if len(args) != 1 {
+		return "", d.Errf("s3_media_cache: %s takes exactly one value, got %d", option, len(args))
+	}
+	if args[0] == "" {
+		return "", d.Errf("s3_media_cache: %s must not be empty", option)
+	}
+	return args[0], nil
+}
+
+// flag reads an option that takes no argument.
+func flag(d *caddyfile.Dispenser, dst *bool) error {
+	option := d.Val()
+	if d.NextArg() {
+		return d.Errf("s3_media_cache: %s takes no value (remove %q)", option, d.Val())
+	}
+	*dst = true
+	return nil
+}
+
+func onOffArg(d *caddyfile.Dispenser) (bool, error) {
+	option := d.Val()
+	v, err := oneArg(d)
+	if err != nil {
+		return false, err
+	}
+	switch v {
+	case "on":
+		return true, nil
+	case "off":
+		return false, nil
+	}
+	return false, d.Errf("s3_media_cache: %s: want on or off, got %q", option, v)
+}
+
+func sizeArg(d *caddyfile.Dispenser) (int64, error) {
+	option := d.Val()
+	v, err := oneArg(d)
+	if err != nil {
+		return 0, err
+	}
+	n, err := parseSize(v)
+	if err != nil {
+		return 0, d.Errf("s3_media_cache: %s: %v", option, err)
+	}
+	return n, nil
+}
+
+func durationArg(d *caddyfile.Dispenser) (caddy.Duration, error) {
+	option := d.Val()
+	v, err := oneArg(d)
+	if err != nil {
+		return 0, err
+	}
+	dur, err := caddy.ParseDuration(v)
+	if err != nil || dur <= 0 {
+		return 0, d.Errf("s3_media_cache: %s: invalid duration %q (want a positive value such as 5s, 2m or 1h)", option, v)
+	}
+	return caddy.Duration(dur), nil
+}
+
+// expiresArg checks the duration here, where the line number is known,
+// and keeps the string form the JSON config carries.
+func expiresArg(d *caddyfile.Dispenser) (string, error) {
+	v, err := oneArg(d)
+	if err != nil || v == "off" {
+		return v, err
+	}
+	if dur, perr := caddy.ParseDuration(v); perr != nil || dur <= 0 {
+		return "", d.Errf("s3_media_cache: expires: invalid duration %q (want a positive value such as 365d, or off)", v)
+	}
+	return v, nil
+}

@@ -1,0 +1,12 @@
+// Package s3mediacache is what xcaddy builds: importing it registers the
+// http.handlers.s3_media_cache module and its s3_media_cache Caddyfile
+// directive.
+//
+//	xcaddy build --with github.com/s3mediacache/caddy-s3-media-cache
+package s3mediacache
+
+import (
+	// The Caddyfile directive; it imports the handler module itself.
+	_ "github.com/s3mediacache/caddy-s3-media-cache/caddyfile"
+	_ "github.com/s3mediacache/caddy-s3-media-cache/s3cache"
+)

@@ -1,0 +1,465 @@
+// Package s3cache is the engine and Caddy handler of caddy-s3-media-cache:
+// it serves a fediverse instance's media from an S3 bucket, with a local
+// directory tried first, and the header policy of Mastodon's documented
+// media proxy. It knows nothing of the Caddyfile; see package caddyfile.
+package s3cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// Defaults, chosen to match the nginx recipe this module replaces.
+const (
+	defaultRegion           = "us-east-1"
+	defaultMaxSize          = 10 << 30
+	defaultConnectTimeout   = 5 * time.Second  // a little under nginx's 60s: S3 either answers fast or not at all
+	defaultFirstByteTimeout = 30 * time.Second // S3's own slow-request ceiling is well under this
+	defaultReadTimeout      = 60 * time.Second // nginx's proxy_read_timeout
+	defaultCacheControl     = "public, max-age=31536000"
+	defaultExpires          = 365 * 24 * time.Hour
+	defaultCORSOrigin       = "*"
+	defaultCSP              = "default-src 'none'; form-action 'none'"
+
+	// off disables a header option.
+	off = "off"
+)
+
+// Handler serves media objects: from a local directory when the file is
+// there, otherwise from an S3 bucket, with response headers rewritten for
+// public, long-lived, cross-origin media.
+type Handler struct {
+	// Name of the bucket. Required.
+	Bucket string `json:"bucket,omitempty"`
+
+	// S3 endpoint URL, such as https://s3.fr-par.scw.cloud. Default: AWS,
+	// chosen by region.
+	Endpoint string `json:"endpoint,omitempty"`
+
+	// Region used to sign requests. R2 takes "auto". Default: us-east-1.
+	Region string `json:"region,omitempty"`
+
+	// Address the bucket as endpoint/bucket/key instead of
+	// bucket.endpoint/key. Needed by MinIO, Garage and most self-hosted
+	// servers. Default: false.
+	PathStyle bool `json:"path_style,omitempty"`
+
+	// Key prefix inside the bucket, such as "mastodon". Default: none.
+	Prefix string `json:"prefix,omitempty"`
+
+	// URL path prefix removed before the key is built, such as "/system"
+	// when media is served under the main domain. Requests outside it get
+	// 404. Default: none.
+	StripPathPrefix string `json:"strip_path_prefix,omitempty"`
+
+	// Access key ID. Placeholders such as {env.S3_ACCESS_KEY} are
+	// resolved. When both keys are empty and Anonymous is false, the AWS
+	// default credential chain is used (environment, shared files, IAM).
+	AccessKey string `json:"access_key,omitempty"`
+
+	// Secret access key. Placeholders are resolved; it is never logged.
+	SecretKey string `json:"secret_key,omitempty"`
+
+	// Send unsigned requests, for a public-read bucket. Default: false.
+	Anonymous bool `json:"anonymous,omitempty"`
+
+	// Local directory tried before S3, like the recipe's
+	// "try_files $uri @s3". A regular file under it is served directly;
+	// symlinks leading outside it are not followed. Default: none.
+	Root string `json:"root,omitempty"`
+
+	// Directory of the disk cache. Default: none (no cache).
+	CacheDir string `json:"cache_dir,omitempty"`
+
+	// Upper bound of the disk cache, in bytes. Default: 10GiB.
+	MaxSize int64 `json:"max_size,omitempty"`
+
+	// Time allowed to connect to S3, TLS included. Default: 5s.
+	ConnectTimeout caddy.Duration `json:"connect_timeout,omitempty"`
+
+	// Time allowed between sending a request and S3's response headers.
+	// Default: 30s.
+	FirstByteTimeout caddy.Duration `json:"first_byte_timeout,omitempty"`
+
+	// Longest pause allowed between two reads of a response body, like
+	// nginx's proxy_read_timeout. Default: 60s.
+	ReadTimeout caddy.Duration `json:"read_timeout,omitempty"`
+
+	// Cache-Control sent with 2xx and 3xx responses. "off" sends none.
+	// Default: "public, max-age=31536000".
+	CacheControl string `json:"cache_control,omitempty"`
+
+	// How far ahead Expires is set on 2xx and 3xx responses, as a
+	// duration ("365d"), or "off". Default: 365d.
+	Expires string `json:"expires,omitempty"`
+
+	// Access-Control-Allow-Origin sent with 2xx and 3xx responses. "off"
+	// sends none. Default: "*".
+	CORSOrigin string `json:"cors_origin,omitempty"`
+
+	// Content-Security-Policy sent with 2xx and 3xx responses. "off"
+	// sends none. Default: "default-src 'none'; form-action 'none'".
+	ContentSecurityPolicy string `json:"content_security_policy,omitempty"`
+
+	// Do not send "X-Content-Type-Options: nosniff". Default: false.
+	DisableNosniff bool `json:"disable_nosniff,omitempty"`
+
+	// Response headers to drop in addition to everything S3 sends that
+	// is not media metadata, like nginx's proxy_hide_header.
+	HideHeaders []string `json:"hide_headers,omitempty"`
+
+	prefix      string
+	stripPrefix string
+	originCfg   originConfig
+	origin      origin
+	closeOrigin func()
+	localRoot   *os.Root
+	policy      headerPolicy
+	logger      *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.s3_media_cache",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision resolves placeholders, fills defaults and opens the S3 client
+// and the local root.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	repl := caddy.NewReplacer()
+	resolve := func(s string) string { return repl.ReplaceKnown(s, "") }
+
+	h.prefix = strings.Trim(resolve(h.Prefix), "/")
+	h.stripPrefix = strings.TrimSuffix(resolve(h.StripPathPrefix), "/")
+	h.originCfg = originConfig{
+		bucket:           resolve(h.Bucket),
+		endpoint:         strings.TrimSuffix(resolve(h.Endpoint), "/"),
+		region:           resolve(h.Region),
+		pathStyle:        h.PathStyle,
+		accessKey:        resolve(h.AccessKey),
+		secretKey:        resolve(h.SecretKey),
+		anonymous:        h.Anonymous,
+		connectTimeout:   durationOr(h.ConnectTimeout, defaultConnectTimeout),
+		firstByteTimeout: durationOr(h.FirstByteTimeout, defaultFirstByteTimeout),
+		readTimeout:      durationOr(h.ReadTimeout, defaultReadTimeout),
+	}
+	if h.originCfg.region == "" {
+		h.originCfg.region = defaultRegion
+	}
+	if h.MaxSize == 0 {
+		h.MaxSize = defaultMaxSize
+	}
+
+	policy, err := h.buildHeaderPolicy()
+	if err != nil {
+		return err
+	}
+	h.policy = policy
+
+	if h.Root != "" {
+		if err := h.openRoot(resolve(h.Root)); err != nil {
+			return err
+		}
+	}
+
+	if h.origin == nil {
+		o, err := newS3Origin(ctx, h.originCfg)
+		if err != nil {
+			return fmt.Errorf("s3_media_cache: %w", err)
+		}
+		h.origin, h.closeOrigin = o, o.close
+	}
+	h.logger.Info("serving media from S3",
+		zap.Bool("path_style", h.originCfg.pathStyle),
+		zap.Bool("anonymous", h.originCfg.anonymous),
+		zap.Bool("local_root", h.localRoot != nil),
+	)
+	return nil
+}
+
+// openRoot opens the local fallthrough directory. A missing directory is
+// not fatal: a fresh cache node may have no local media at all, and the
+// S3 path still works. Anything else that is wrong with it is.
+func (h *Handler) openRoot(dir string) error {
+	root, err := os.OpenRoot(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		h.logger.Warn("root directory does not exist; every request goes to S3", zap.String("root", dir))
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("s3_media_cache: opening root %s: %w (check that it is a readable directory)", dir, err)
+	}
+	h.localRoot = root
+	return nil
+}
+
+func (h *Handler) buildHeaderPolicy() (headerPolicy, error) {
+	p := newHeaderPolicy(h.HideHeaders)
+	p.cacheControl = offOr(h.CacheControl, defaultCacheControl)
+	p.corsOrigin = offOr(h.CORSOrigin, defaultCORSOrigin)
+	p.csp = offOr(h.ContentSecurityPolicy, defaultCSP)
+	p.nosniff = !h.DisableNosniff
+	switch h.Expires {
+	case "":
+		p.expiresAfter = defaultExpires
+	case off:
+	default:
+		d, err := caddy.ParseDuration(h.Expires)
+		if err != nil || d <= 0 {
+			return p, fmt.Errorf("s3_media_cache: expires: want a positive duration such as 365d, or off")
+		}
+		p.expiresAfter = d
+	}
+	return p, nil
+}
+
+// Validate rejects configurations that cannot work, naming the option.
+func (h *Handler) Validate() error {
+	c := h.originCfg
+	switch {
+	case c.bucket == "":
+		return errors.New("s3_media_cache: bucket is required")
+	case c.anonymous && (c.accessKey != "" || c.secretKey != ""):
+		return errors.New("s3_media_cache: anonymous cannot be combined with access_key or secret_key")
+	case (c.accessKey == "") != (c.secretKey == ""):
+		return errors.New("s3_media_cache: access_key and secret_key must be set together (or both omitted to use the AWS credential chain)")
+	case h.MaxSize < 0:
+		return errors.New("s3_media_cache: max_size must not be negative")
+	case h.ConnectTimeout < 0 || h.FirstByteTimeout < 0 || h.ReadTimeout < 0:
+		return errors.New("s3_media_cache: timeouts must not be negative")
+	case h.stripPrefix != "" && !strings.HasPrefix(h.stripPrefix, "/"):
+		return errors.New("s3_media_cache: strip_path_prefix must start with /")
+	}
+	if c.endpoint != "" {
+		// The value itself is not echoed: endpoints can embed
+		// credentials (https://key:secret@host) in hand-written configs.
+		u, err := url.Parse(c.endpoint)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil || u.RawQuery != "" {
+			return errors.New("s3_media_cache: endpoint must be an http:// or https:// URL with a host and no credentials, such as https://s3.fr-par.scw.cloud")
+		}
+	}
+	for _, seg := range strings.Split(h.prefix, "/") {
+		if h.prefix != "" && (seg == "" || seg == "." || seg == "..") {
+			return errors.New("s3_media_cache: prefix must not contain empty, . or .. segments")
+		}
+	}
+	return nil
+}
+
+// Cleanup releases what Provision opened.
+func (h *Handler) Cleanup() error {
+	if h.closeOrigin != nil {
+		h.closeOrigin()
+	}
+	if h.localRoot != nil {
+		return h.localRoot.Close()
+	}
+	return nil
+}
+
+// ServeHTTP answers a media request. It reads top to bottom: method check,
+// path check, local file, then the object from S3.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		h.policy.decorate(w.Header(), http.StatusMethodNotAllowed, cacheBypass, time.Now())
+		return caddyhttp.Error(http.StatusMethodNotAllowed, errMethodNotAllowed)
+	}
+
+	rel, err := objectPath(r.URL, h.stripPrefix)
+	if err != nil {
+		status := statusForPathError(err)
+		h.policy.decorate(w.Header(), status, cacheBypass, time.Now())
+		return caddyhttp.Error(status, err)
+	}
+
+	if h.localRoot != nil && h.serveLocal(w, r, rel) {
+		return nil
+	}
+
+	// The disk cache plugs in here: look the key up, serve a fresh
+	// entry, or join or start the fill. Until then, every request is a
+	// pass-through to S3.
+	return h.serveFromOrigin(w, r, objectKey(h.prefix, rel))
+}
+
+var errMethodNotAllowed = errors.New("method not allowed: media is read-only")
+
+// serveLocal serves rel from the local root if it is a regular file there,
+// and reports whether it did. http.ServeContent answers Range (single and
+// multipart), If-None-Match, If-Modified-Since, If-Match, If-Range and
+// HEAD, as nginx's static module does.
+func (h *Handler) serveLocal(w http.ResponseWriter, r *http.Request, rel string) bool {
+	info, err := h.localRoot.Stat(rel)
+	if err != nil || !info.Mode().IsRegular() {
+		// Missing, a directory, a device, or a symlink leading outside
+		// root (os.Root refuses those): the object is S3's business.
+		return false
+	}
+	f, err := h.localRoot.Open(rel)
+	if err != nil {
+		h.logger.Debug("local file not readable; trying S3", zap.String("path", rel), zap.Error(err))
+		return false
+	}
+	defer f.Close()
+
+	if h.policy.keeps("ETag") {
+		w.Header().Set("ETag", localETag(info.ModTime(), info.Size()))
+	}
+	pw := &policyWriter{ResponseWriter: w, policy: &h.policy, cacheStatus: cacheBypass, now: time.Now()}
+	http.ServeContent(pw, r, info.Name(), info.ModTime(), f)
+	return true
+}
+
+// serveFromOrigin streams the object from S3 to the client without
+// buffering it: memory stays flat whatever the object's size.
+func (h *Handler) serveFromOrigin(w http.ResponseWriter, r *http.Request, key string) error {
+	resp, err := h.origin.fetch(r.Context(), clientOriginRequest(r, key))
+	if err != nil {
+		status := http.StatusBadGateway
+		var oe *originError
+		if errors.As(err, &oe) {
+			status = oe.status
+		}
+		h.policy.decorate(w.Header(), status, cacheMiss, time.Now())
+		return caddyhttp.Error(status, err)
+	}
+	if resp.body != nil {
+		defer resp.body.Close()
+	}
+
+	hdr := w.Header()
+	h.policy.copyUpstream(hdr, resp.header)
+	h.policy.decorate(hdr, resp.status, cacheMiss, time.Now())
+	w.WriteHeader(resp.status)
+	if resp.body == nil || r.Method == http.MethodHead {
+		return nil
+	}
+
+	src := &readErrorRecorder{r: resp.body}
+	if _, err := io.Copy(w, src); err != nil {
+		if src.err == nil {
+			// The client went away; nothing more to do for it.
+			h.logger.Debug("client stopped reading", zap.String("key", key), zap.Error(err))
+			return nil
+		}
+		// S3 failed mid-body. The status line is gone, so the only
+		// honest signal left is to cut the connection: the client
+		// sees a truncated transfer, never a short 200 that looks
+		// complete. Caddy's reverse proxy does the same.
+		h.logger.Warn("S3 body failed mid-transfer; aborting the response",
+			zap.String("key", key), zap.String("reason", bodyFailureReason(src.err)))
+		panic(http.ErrAbortHandler)
+	}
+	return nil
+}
+
+// clientOriginRequest forwards the client's range and validators to S3.
+// A Range made conditional by If-Range is dropped rather than forwarded
+// unconditionally: S3 has no If-Range, and a full 200 is always a correct
+// answer to one (RFC 9110, section 13.1.5).
+func clientOriginRequest(r *http.Request, key string) originRequest {
+	req := originRequest{
+		key:         key,
+		head:        r.Method == http.MethodHead,
+		rangeSpec:   r.Header.Get("Range"),
+		ifNoneMatch: r.Header.Get("If-None-Match"),
+		ifMatch:     r.Header.Get("If-Match"),
+	}
+	if r.Header.Get("If-Range") != "" {
+		req.rangeSpec = ""
+	}
+	// If-Modified-Since is ignored when If-None-Match is present
+	// (RFC 9110, section 13.1.3); S3 would apply both.
+	if req.ifNoneMatch == "" {
+		req.ifModifiedSince = parseHTTPDate(r.Header.Get("If-Modified-Since"))
+	}
+	if req.ifMatch == "" {
+		req.ifUnmodifiedSince = parseHTTPDate(r.Header.Get("If-Unmodified-Since"))
+	}
+	return req
+}
+
+func parseHTTPDate(v string) time.Time {
+	if v == "" {
+		return time.Time{}
+	}
+	t, err := http.ParseTime(v)
+	if err != nil {
+		return time.Time{} // an invalid date is ignored, as RFC 9110 says
+	}
+	return t
+}
+
+// readErrorRecorder remembers a read error so a failed copy can be blamed
+// on the right side: S3 (abort the client) or the client (just stop).
+type readErrorRecorder struct {
+	r   io.Reader
+	err error
+}
+
+func (rr *readErrorRecorder) Read(p []byte) (int, error) {
+	n, err := rr.r.Read(p)
+	if err != nil && err != io.EOF {
+		rr.err = err
+	}
+	return n, err
+}
+
+// bodyFailureReason describes a body read error without its text, which
+// may carry the endpoint address.
+func bodyFailureReason(err error) string {
+	switch {
+	case isTimeout(err), errors.Is(err, context.Canceled):
+		return "stalled past read_timeout, or canceled"
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return "connection closed before the end of the object"
+	default:
+		return transportReason(err)
+	}
+}
+
+func durationOr(d caddy.Duration, def time.Duration) time.Duration {
+	if d == 0 {
+		return def
+	}
+	return time.Duration(d)
+}
+
+// offOr returns def for an unset option, "" for "off", else the value.
+func offOr(v, def string) string {
+	switch v {
+	case "":
+		return def
+	case off:
+		return ""
+	}
+	return v
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+)

@@ -1,0 +1,204 @@
+package s3cache
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+)
+
+// scriptedOrigin answers every fetch with the same response, counting
+// calls. It stands in for S3 where a real server cannot be made to fail on
+// cue (a body that breaks after N bytes); the integration suite covers the
+// same paths against versitygw behind a fault-injecting proxy.
+type scriptedOrigin struct {
+	calls   atomic.Int32
+	respond func(req originRequest) (*originResponse, error)
+}
+
+func (o *scriptedOrigin) fetch(_ context.Context, req originRequest) (*originResponse, error) {
+	o.calls.Add(1)
+	return o.respond(req)
+}
+
+// failingBody yields some bytes, then an error, like an S3 connection
+// reset mid-transfer.
+// Enough bytes are sent that the status line has surely been flushed.
+type failingBody struct{ sent int }
+
+func (b *failingBody) Read(p []byte) (int, error) {
+	if b.sent >= 64<<10 {
+		return 0, errors.New("connection reset by peer")
+	}
+	n := min(len(p), 64<<10-b.sent)
+	b.sent += n
+	return n, nil
+}
+func (b *failingBody) Close() error { return nil }
+
+func newTestHandler(t *testing.T, o origin, root string) *Handler {
+	t.Helper()
+	h := &Handler{origin: o, logger: zap.NewNop()}
+	p, err := h.buildHeaderPolicy()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.policy = p
+	if root != "" {
+		r, err := os.OpenRoot(root)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { r.Close() })
+		h.localRoot = r
+	}
+	return h
+}
+
+// serve runs the handler in a real HTTP server, turning returned errors
+// into statuses the way Caddy does when no handle_errors is configured.
+func serve(t *testing.T, h *Handler) *httptest.Server {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := h.ServeHTTP(w, r, nil); err != nil {
+			var he caddyhttp.HandlerError
+			if errors.As(err, &he) {
+				w.WriteHeader(he.StatusCode)
+				return
+			}
+			w.WriteHeader(500)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+func TestMidBodyFailureAbortsInsteadOfShort200(t *testing.T) {
+	o := &scriptedOrigin{respond: func(originRequest) (*originResponse, error) {
+		return &originResponse{status: 200, header: http.Header{"Content-Length": {"1048576"}}, body: &failingBody{}}, nil
+	}}
+	srv := serve(t, newTestHandler(t, o, ""))
+	resp, err := http.Get(srv.URL + "/a/b.png")
+	if err != nil {
+		t.Fatalf("the status line should have been sent before the failure: %v", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err == nil {
+		t.Fatalf("read %d bytes without error; a broken transfer must not look complete", len(body))
+	}
+	if len(body) >= 1<<20 {
+		t.Fatalf("got %d bytes", len(body))
+	}
+}
+
+func TestOnlyGetAndHeadReachS3(t *testing.T) {
+	o := &scriptedOrigin{respond: func(originRequest) (*originResponse, error) {
+		return &originResponse{status: 200, header: http.Header{}, body: io.NopCloser(strings.NewReader("ok"))}, nil
+	}}
+	srv := serve(t, newTestHandler(t, o, ""))
+	for _, method := range []string{"POST", "PUT", "DELETE", "PATCH", "OPTIONS", "PROPFIND"} {
+		req, _ := http.NewRequest(method, srv.URL+"/a/b.png", strings.NewReader("body"))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 405 || resp.Header.Get("Allow") != "GET, HEAD" {
+			t.Errorf("%s: %d Allow=%q, want 405 with Allow: GET, HEAD", method, resp.StatusCode, resp.Header.Get("Allow"))
+		}
+	}
+	if n := o.calls.Load(); n != 0 {
+		t.Fatalf("%d S3 requests for rejected methods", n)
+	}
+}
+
+func TestForwardsRangeAndValidators(t *testing.T) {
+	var got originRequest
+	o := &scriptedOrigin{respond: func(req originRequest) (*originResponse, error) {
+		got = req
+		return &originResponse{status: 304, header: http.Header{"Etag": {`"e"`}}}, nil
+	}}
+	srv := serve(t, newTestHandler(t, o, ""))
+	req, _ := http.NewRequest("GET", srv.URL+"/a/b.png?x=1", nil)
+	req.Header.Set("Range", "bytes=0-9")
+	req.Header.Set("If-None-Match", `"e"`)
+	req.Header.Set("If-Modified-Since", "Wed, 25 Nov 2026 10:00:00 GMT")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 304 || resp.Header.Get("Etag") != `"e"` || resp.Header.Get("Cache-Control") == "" {
+		t.Fatalf("got %d %v", resp.StatusCode, resp.Header)
+	}
+	if got.key != "a/b.png" || got.rangeSpec != "bytes=0-9" || got.ifNoneMatch != `"e"` || !got.ifModifiedSince.IsZero() {
+		t.Fatalf("forwarded %+v; want key without query, the range, the ETag and no If-Modified-Since beside it", got)
+	}
+
+	req.Header.Set("If-Range", `"old"`)
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if got.rangeSpec != "" {
+		t.Fatalf("a Range with If-Range was forwarded unconditionally: %+v", got)
+	}
+}
+
+func TestLocalRootNeverLeadsOutside(t *testing.T) {
+	outside := t.TempDir()
+	if err := os.WriteFile(filepath.Join(outside, "secret.txt"), []byte("secret"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	root := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "media"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "media", "a.png"), []byte("local png"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join(outside, "secret.txt"), filepath.Join(root, "media", "link.png")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(outside, filepath.Join(root, "out")); err != nil {
+		t.Fatal(err)
+	}
+	o := &scriptedOrigin{respond: func(originRequest) (*originResponse, error) {
+		return nil, &originError{status: 404, op: "GetObject", reason: "no such key"}
+	}}
+	srv := serve(t, newTestHandler(t, o, root))
+
+	tests := []struct {
+		path       string
+		wantStatus int
+		wantBody   string
+		wantCache  string
+	}{
+		{"/media/a.png", 200, "local png", "BYPASS"},
+		{"/media/link.png", 404, "", "MISS"},
+		{"/out/secret.txt", 404, "", "MISS"},
+		{"/media", 404, "", "MISS"}, // a directory falls through to S3
+	}
+	for _, tt := range tests {
+		resp, err := http.Get(srv.URL + tt.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != tt.wantStatus || string(body) != tt.wantBody || resp.Header.Get("X-Cache-Status") != tt.wantCache {
+			t.Errorf("%s: %d %q %s, want %d %q %s", tt.path, resp.StatusCode, body, resp.Header.Get("X-Cache-Status"), tt.wantStatus, tt.wantBody, tt.wantCache)
+		}
+	}
+}

@@ -1,0 +1,172 @@
+package s3cache
+
+import (
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+)
+
+// Values of X-Cache-Status, in nginx's $upstream_cache_status vocabulary so
+// dashboards and log parsers written for the nginx recipe keep working.
+const (
+	// cacheMiss: the response came from S3.
+	cacheMiss = "MISS"
+	// cacheBypass: the cache was not consulted; here, a file served from
+	// the local root.
+	cacheBypass = "BYPASS"
+)
+
+// keptHeaders are the only S3 response headers a client ever sees. Listing
+// what we keep, rather than what we strip, means a header S3 adds tomorrow
+// (another x-amz-*, a cookie from a CDN in front of the bucket) cannot leak
+// by default. Cache-Control and Expires are not kept because we set our own,
+// like the recipe's "add_header Cache-Control" plus "expires 1y".
+var keptHeaders = []string{
+	"Content-Type",
+	"Content-Length",
+	"Content-Range",
+	"Content-Encoding",
+	"Content-Disposition",
+	"Content-Language",
+	"Accept-Ranges",
+	"ETag",
+	"Last-Modified",
+}
+
+// headerPolicy decides which upstream headers reach the client and which we
+// add. It is built once at Provision, so the request path only copies
+// strings.
+type headerPolicy struct {
+	keep   []string // canonical names of the S3 headers copied to clients
+	hidden []string // canonical names of kept headers switched off by hide_header
+
+	cacheControl string        // "" sends none
+	expiresAfter time.Duration // 0 sends no Expires
+	corsOrigin   string        // "" sends no Access-Control-Allow-Origin
+	csp          string        // "" sends no Content-Security-Policy
+	nosniff      bool
+}
+
+// newHeaderPolicy builds a policy; hidden names are removed from the kept
+// set, like nginx's proxy_hide_header.
+func newHeaderPolicy(hidden []string) headerPolicy {
+	hide := make(map[string]bool, len(hidden))
+	for _, name := range hidden {
+		hide[http.CanonicalHeaderKey(name)] = true
+	}
+	p := headerPolicy{}
+	for _, name := range keptHeaders {
+		name = http.CanonicalHeaderKey(name)
+		if hide[name] {
+			p.hidden = append(p.hidden, name)
+		} else {
+			p.keep = append(p.keep, name)
+		}
+	}
+	return p
+}
+
+// copyUpstream copies the kept headers of an S3 response into dst.
+func (p *headerPolicy) copyUpstream(dst, upstream http.Header) {
+	for _, name := range p.keep {
+		if v, ok := upstream[name]; ok {
+			dst[name] = v
+		}
+	}
+}
+
+// decorate adds our headers for a response with the given status. Only
+// successful and not-modified responses are made cacheable by browsers and
+// CDNs for a year; an error must never be pinned for that long. The
+// cross-origin and CSP headers follow the same rule, as in the recipe,
+// where add_header without "always" applies to 2xx and 3xx only.
+func (p *headerPolicy) decorate(h http.Header, status int, cacheStatus string, now time.Time) {
+	h["X-Cache-Status"] = []string{cacheStatus}
+	if p.nosniff {
+		h["X-Content-Type-Options"] = []string{"nosniff"}
+	}
+	if status >= 400 {
+		return
+	}
+	if p.cacheControl != "" {
+		h["Cache-Control"] = []string{p.cacheControl}
+	}
+	if p.expiresAfter > 0 {
+		h["Expires"] = []string{now.Add(p.expiresAfter).UTC().Format(http.TimeFormat)}
+	}
+	if p.corsOrigin != "" {
+		h["Access-Control-Allow-Origin"] = []string{p.corsOrigin}
+	}
+	if p.csp != "" {
+		h["Content-Security-Policy"] = []string{p.csp}
+	}
+}
+
+// hideLocal removes the hidden headers that the local-file path sets itself
+// (http.ServeContent sets Last-Modified and friends, we set ETag).
+func (p *headerPolicy) hideLocal(h http.Header) {
+	for _, name := range p.hidden {
+		delete(h, name)
+	}
+}
+
+// keeps reports whether a media header reaches clients.
+func (p *headerPolicy) keeps(name string) bool {
+	name = http.CanonicalHeaderKey(name)
+	for _, k := range p.keep {
+		if k == name {
+			return true
+		}
+	}
+	return false
+}
+
+// policyWriter applies the header policy at the moment the status is known.
+// Local files go through http.ServeContent, which picks 200, 206, 304, 412
+// or 416 itself; this is the only point where we learn which.
+type policyWriter struct {
+	http.ResponseWriter
+	policy      *headerPolicy
+	cacheStatus string
+	now         time.Time
+	wroteHeader bool
+}
+
+func (w *policyWriter) WriteHeader(status int) {
+	if !w.wroteHeader {
+		w.wroteHeader = true
+		w.policy.hideLocal(w.Header())
+		w.policy.decorate(w.Header(), status, w.cacheStatus, w.now)
+	}
+	w.ResponseWriter.WriteHeader(status)
+}
+
+func (w *policyWriter) Write(b []byte) (int, error) {
+	if !w.wroteHeader {
+		w.WriteHeader(http.StatusOK)
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+// ReadFrom keeps sendfile(2) on the local-file path: io.Copy in
+// http.ServeContent finds it here and hands the file to the connection.
+func (w *policyWriter) ReadFrom(r io.Reader) (int64, error) {
+	if !w.wroteHeader {
+		w.WriteHeader(http.StatusOK)
+	}
+	if rf, ok := w.ResponseWriter.(io.ReaderFrom); ok {
+		return rf.ReadFrom(r)
+	}
+	return io.Copy(w.ResponseWriter, r)
+}
+
+// Unwrap lets http.ResponseController reach the connection.
+func (w *policyWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// localETag is an entity tag for a local file in nginx's format
+// ("mtime-size" in hex), so browser caches filled by the nginx recipe
+// revalidate instead of downloading again after the switch.
+func localETag(modTime time.Time, size int64) string {
+	return `"` + strconv.FormatInt(modTime.Unix(), 16) + "-" + strconv.FormatInt(size, 16) + `"`
+}
