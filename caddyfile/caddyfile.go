@@ -53,6 +53,16 @@ func parseDirective(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		content_security_policy <value>|off
 //		nosniff on|off
 //		hide_header <name>...
+//		inactive <duration>
+//		min_free <size>
+//		levels <1|2>[:<1|2>[:<1|2>]]
+//		max_object_size <size>
+//		lock on|off
+//		lock_timeout <duration>
+//		valid [<status>...] <duration>|off
+//		revalidate on|off
+//		use_stale <condition>...|off
+//		ignore_headers Cache-Control|Expires...
 //	}
 //
 // The matcher, if any, has already been consumed by the Helper.
@@ -64,7 +74,7 @@ func Unmarshal(d *caddyfile.Dispenser, h *s3cache.Handler) error {
 	seen := make(map[string]bool)
 	for d.NextBlock(0) {
 		option := d.Val()
-		if seen[option] && option != "hide_header" {
+		if seen[option] && option != "hide_header" && option != "valid" {
 			return d.Errf("s3_media_cache: %s is given twice", option)
 		}
 		seen[option] = true
@@ -113,6 +123,43 @@ func Unmarshal(d *caddyfile.Dispenser, h *s3cache.Handler) error {
 			var on bool
 			on, err = onOffArg(d)
 			h.DisableNosniff = !on
+		case "inactive":
+			h.Inactive, err = durationArg(d)
+		case "min_free":
+			h.MinFree, err = sizeArg(d)
+		case "levels":
+			if h.Levels, err = oneArg(d); err == nil {
+				if _, lerr := s3cache.ParseLevels(h.Levels); lerr != nil {
+					return d.Errf("s3_media_cache: %v", lerr)
+				}
+			}
+		case "max_object_size":
+			h.MaxObjectSize, err = sizeArg(d)
+		case "lock":
+			var on bool
+			on, err = onOffArg(d)
+			h.DisableLock = !on
+		case "lock_timeout":
+			h.LockTimeout, err = durationArg(d)
+		case "revalidate":
+			var on bool
+			on, err = onOffArg(d)
+			h.DisableRevalidate = !on
+		case "valid":
+			err = validArg(d, h)
+		case "use_stale":
+			h.UseStale = d.RemainingArgs()
+			if len(h.UseStale) == 0 {
+				return d.Errf("s3_media_cache: use_stale needs conditions (error timeout updating http_500 http_502 http_503 http_504) or off")
+			}
+			if serr := s3cache.CheckUseStale(h.UseStale); serr != nil {
+				return d.Errf("s3_media_cache: %v", serr)
+			}
+		case "ignore_headers":
+			h.IgnoreHeaders = d.RemainingArgs()
+			if len(h.IgnoreHeaders) == 0 {
+				return d.Errf("s3_media_cache: ignore_headers needs Cache-Control, Expires or both")
+			}
 		case "hide_header":
 			names := d.RemainingArgs()
 			if len(names) == 0 {
@@ -129,8 +176,15 @@ func Unmarshal(d *caddyfile.Dispenser, h *s3cache.Handler) error {
 			return d.Errf("s3_media_cache: %s does not take a block", option)
 		}
 	}
-	if h.Bucket == "" {
+	// The handler checks these too (JSON configs have no lines); here
+	// the error can point at the block.
+	switch {
+	case h.Bucket == "":
 		return d.Errf("s3_media_cache: bucket is required")
+	case h.Anonymous && (h.AccessKey != "" || h.SecretKey != ""):
+		return d.Errf("s3_media_cache: anonymous cannot be combined with access_key or secret_key")
+	case (h.AccessKey == "") != (h.SecretKey == ""):
+		return d.Errf("s3_media_cache: access_key and secret_key must be set together (or both omitted to use the AWS credential chain)")
 	}
 	return nil
 }
@@ -210,4 +264,39 @@ func expiresArg(d *caddyfile.Dispenser) (string, error) {
 		return "", d.Errf("s3_media_cache: expires: invalid duration %q (want a positive value such as 365d, or off)", v)
 	}
 	return v, nil
+}
+
+// validArg reads nginx's proxy_cache_valid form: "valid 200 304 48h",
+// "valid 404 1m", "valid 404 off". Without statuses it applies to 200,
+// as in nginx.
+func validArg(d *caddyfile.Dispenser, h *s3cache.Handler) error {
+	args := d.RemainingArgs()
+	if len(args) == 0 {
+		return d.Errf("s3_media_cache: valid needs a duration, as in: valid 200 48h")
+	}
+	last := args[len(args)-1]
+	var dur caddy.Duration
+	if last != "off" {
+		parsed, err := caddy.ParseDuration(last)
+		if err != nil || parsed <= 0 {
+			return d.Errf("s3_media_cache: valid: invalid duration %q (want a positive value such as 48h, or off)", last)
+		}
+		dur = caddy.Duration(parsed)
+	}
+	codes := args[:len(args)-1]
+	if len(codes) == 0 {
+		codes = []string{"200"}
+	}
+	if h.Valid == nil {
+		h.Valid = make(map[string]caddy.Duration)
+	}
+	for _, code := range codes {
+		switch code {
+		case "200", "304", "404":
+			h.Valid[code] = dur
+		default:
+			return d.Errf("s3_media_cache: valid: status %q cannot be cached (use 200, 304 or 404)", code)
+		}
+	}
+	return nil
 }

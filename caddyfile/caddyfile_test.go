@@ -70,6 +70,47 @@ func TestUnmarshalEveryOption(t *testing.T) {
 	}
 }
 
+func TestUnmarshalCacheOptions(t *testing.T) {
+	input := `s3_media_cache {
+		bucket b
+		cache_dir /var/cache/caddy/s3-media
+		max_size 10g
+		inactive 48h
+		min_free 1GiB
+		levels 1:2
+		max_object_size 512MiB
+		lock off
+		lock_timeout 10s
+		valid 200 304 48h
+		valid 404 off
+		revalidate off
+		use_stale error timeout updating http_500 http_502 http_503 http_504
+		ignore_headers Cache-Control Expires
+	}`
+	var got s3cache.Handler
+	if err := Unmarshal(caddyfile.NewTestDispenser(input), &got); err != nil {
+		t.Fatal(err)
+	}
+	want := s3cache.Handler{
+		Bucket:            "b",
+		CacheDir:          "/var/cache/caddy/s3-media",
+		MaxSize:           10 << 30,
+		Inactive:          caddy.Duration(48 * time.Hour),
+		MinFree:           1 << 30,
+		Levels:            "1:2",
+		MaxObjectSize:     512 << 20,
+		DisableLock:       true,
+		LockTimeout:       caddy.Duration(10 * time.Second),
+		Valid:             map[string]caddy.Duration{"200": caddy.Duration(48 * time.Hour), "304": caddy.Duration(48 * time.Hour), "404": 0},
+		DisableRevalidate: true,
+		UseStale:          []string{"error", "timeout", "updating", "http_500", "http_502", "http_503", "http_504"},
+		IgnoreHeaders:     []string{"Cache-Control", "Expires"},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("got  %+v\nwant %+v", got, want)
+	}
+}
+
 func TestUnmarshalAnonymous(t *testing.T) {
 	var got s3cache.Handler
 	if err := Unmarshal(caddyfile.NewTestDispenser("s3_media_cache {\nbucket b\nanonymous\n}"), &got); err != nil {
@@ -99,6 +140,13 @@ func TestUnmarshalErrorsNameLineAndOption(t *testing.T) {
 		{"bad nosniff", "s3_media_cache {\n\tbucket a\n\tnosniff maybe\n}", []string{"Testfile:3", "nosniff", "on or off"}},
 		{"empty hide_header", "s3_media_cache {\n\tbucket a\n\thide_header\n}", []string{"Testfile:3", "hide_header"}},
 		{"arguments on directive", "s3_media_cache mybucket {\n\tbucket a\n}", []string{"Testfile:1", "no arguments"}},
+		{"bad levels", "s3_media_cache {\n\tbucket a\n\tlevels 1:3\n}", []string{"Testfile:3", "levels", "1:2"}},
+		{"bad use_stale", "s3_media_cache {\n\tbucket a\n\tuse_stale error sometimes\n}", []string{"Testfile:3", "use_stale", `"sometimes"`}},
+		{"bad valid status", "s3_media_cache {\n\tbucket a\n\tvalid 500 1m\n}", []string{"Testfile:3", "valid", `"500"`}},
+		{"bad valid duration", "s3_media_cache {\n\tbucket a\n\tvalid 200 long\n}", []string{"Testfile:3", "valid", `"long"`}},
+		{"bad lock", "s3_media_cache {\n\tbucket a\n\tlock sometimes\n}", []string{"Testfile:3", "lock", "on or off"}},
+		{"anonymous with keys", "s3_media_cache {\n\tbucket a\n\tanonymous\n\taccess_key k\n\tsecret_key s\n}", []string{"Testfile:", "anonymous cannot be combined"}},
+		{"access key alone", "s3_media_cache {\n\tbucket a\n\taccess_key k\n}", []string{"Testfile:", "must be set together"}},
 		{"option with a block", "s3_media_cache {\n\tbucket a {\n\t\tx\n\t}\n}", []string{"bucket does not take a block"}},
 	}
 	for _, tt := range tests {

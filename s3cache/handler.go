@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -35,6 +36,12 @@ const (
 	defaultExpires          = 365 * 24 * time.Hour
 	defaultCORSOrigin       = "*"
 	defaultCSP              = "default-src 'none'; form-action 'none'"
+	defaultInactive         = 48 * time.Hour
+	defaultLevels           = "1:2"
+	defaultMaxObjectSize    = 1 << 30
+	defaultLockTimeout      = 5 * time.Second
+	defaultValid200         = 48 * time.Hour
+	defaultValid404         = time.Minute
 
 	// off disables a header option.
 	off = "off"
@@ -83,11 +90,60 @@ type Handler struct {
 	// symlinks leading outside it are not followed. Default: none.
 	Root string `json:"root,omitempty"`
 
-	// Directory of the disk cache. Default: none (no cache).
+	// Directory of the disk cache, like nginx's proxy_cache_path. Sites
+	// naming the same directory share one cache, and it survives reloads
+	// and restarts. Default: none (no cache: every request goes to S3).
 	CacheDir string `json:"cache_dir,omitempty"`
 
-	// Upper bound of the disk cache, in bytes. Default: 10GiB.
+	// Upper bound of the disk cache, in bytes, fills in flight included;
+	// least-recently-used entries are evicted to stay under it.
+	// Default: 10GiB.
 	MaxSize int64 `json:"max_size,omitempty"`
+
+	// Entries unused for this long are evicted, whatever their
+	// freshness. Default: 48h (the recipe's inactive=48h).
+	Inactive caddy.Duration `json:"inactive,omitempty"`
+
+	// Keep at least this many bytes free on the cache's filesystem,
+	// evicting entries if needed. Default: 0 (off).
+	MinFree int64 `json:"min_free,omitempty"`
+
+	// Directory levels of the cache, nginx's syntax. Default: "1:2".
+	Levels string `json:"levels,omitempty"`
+
+	// Objects larger than this are streamed from S3 without being
+	// stored. Default: 1GiB.
+	MaxObjectSize int64 `json:"max_object_size,omitempty"`
+
+	// Let concurrent requests for an object that is being fetched go to
+	// S3 on their own, instead of sharing the one fetch (nginx's
+	// proxy_cache_lock off). Default: false (the lock is on).
+	DisableLock bool `json:"disable_lock,omitempty"`
+
+	// How long a request waits for the shared fetch's response headers
+	// before going to S3 on its own, uncached. Bytes are streamed as
+	// they arrive once the headers are in. Default: 5s.
+	LockTimeout caddy.Duration `json:"lock_timeout,omitempty"`
+
+	// How long responses stay fresh, by status ("200", "304" for a
+	// revalidated entry, "404"), when S3 sends no Cache-Control or
+	// Expires. 0 disables caching of that status. Default: 200 for 48h,
+	// 404 for 1m.
+	Valid map[string]caddy.Duration `json:"valid,omitempty"`
+
+	// Do not revalidate expired entries with conditional requests;
+	// download them again instead. Default: false (revalidate).
+	DisableRevalidate bool `json:"disable_revalidate,omitempty"`
+
+	// When an expired entry may be served: nginx's proxy_cache_use_stale
+	// words (error, timeout, updating, http_500, http_502, http_503,
+	// http_504, http_403, http_404, http_429), or ["off"].
+	// Default: error timeout updating http_500 http_502 http_503 http_504.
+	UseStale []string `json:"use_stale,omitempty"`
+
+	// Upstream headers not to take freshness from: "Cache-Control",
+	// "Expires" (nginx's proxy_ignore_headers). Default: none.
+	IgnoreHeaders []string `json:"ignore_headers,omitempty"`
 
 	// Time allowed to connect to S3, TLS included. Default: 5s.
 	ConnectTimeout caddy.Duration `json:"connect_timeout,omitempty"`
@@ -131,6 +187,13 @@ type Handler struct {
 	localRoot   *os.Root
 	policy      headerPolicy
 	logger      *zap.Logger
+
+	store          *store // nil without cache_dir
+	storeDir       string
+	fresh          freshnessPolicy
+	maxObjectBytes int64
+	lockTimeout    time.Duration
+	lockDisabled   bool
 }
 
 // CaddyModule returns the Caddy module information.
@@ -181,6 +244,15 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 	}
 
+	if err := h.buildFreshness(); err != nil {
+		return err
+	}
+	if h.CacheDir != "" {
+		if err := h.openCache(resolve(h.CacheDir)); err != nil {
+			return err
+		}
+	}
+
 	if h.origin == nil {
 		o, err := newS3Origin(ctx, h.originCfg)
 		if err != nil {
@@ -192,7 +264,79 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		zap.Bool("path_style", h.originCfg.pathStyle),
 		zap.Bool("anonymous", h.originCfg.anonymous),
 		zap.Bool("local_root", h.localRoot != nil),
+		zap.Bool("cache", h.store != nil),
 	)
+	return nil
+}
+
+// buildFreshness fills in the cache's freshness rules from the config.
+func (h *Handler) buildFreshness() error {
+	p := freshnessPolicy{
+		validFor:   map[int]time.Duration{http.StatusOK: defaultValid200, http.StatusNotFound: defaultValid404},
+		revalidate: !h.DisableRevalidate,
+	}
+	for code, d := range h.Valid {
+		status, err := strconv.Atoi(code)
+		if err != nil || (status != http.StatusOK && status != http.StatusNotModified && status != http.StatusNotFound) {
+			return fmt.Errorf("s3_media_cache: valid: status %q cannot be cached (use 200, 304 or 404)", code)
+		}
+		if d < 0 {
+			return fmt.Errorf("s3_media_cache: valid: negative duration for %s", code)
+		}
+		p.validFor[status] = time.Duration(d)
+	}
+	for _, name := range h.IgnoreHeaders {
+		switch http.CanonicalHeaderKey(name) {
+		case "Cache-Control":
+			p.ignoreCacheCtl = true
+		case "Expires":
+			p.ignoreExpires = true
+		default:
+			return fmt.Errorf("s3_media_cache: ignore_headers: %q is not Cache-Control or Expires", name)
+		}
+	}
+	words := h.UseStale
+	if words == nil {
+		words = []string{"error", "timeout", "updating", "http_500", "http_502", "http_503", "http_504"}
+	}
+	stale, err := parseUseStale(words)
+	if err != nil {
+		return fmt.Errorf("s3_media_cache: %w", err)
+	}
+	p.staleOn = stale
+	h.fresh = p
+	h.maxObjectBytes = h.MaxObjectSize
+	if h.maxObjectBytes == 0 {
+		h.maxObjectBytes = defaultMaxObjectSize
+	}
+	h.lockTimeout = durationOr(h.LockTimeout, defaultLockTimeout)
+	h.lockDisabled = h.DisableLock
+	return nil
+}
+
+// openCache opens (or joins, after a reload) the store for dir.
+func (h *Handler) openCache(dir string) error {
+	levelSpec := h.Levels
+	if levelSpec == "" {
+		levelSpec = defaultLevels
+	}
+	levels, err := ParseLevels(levelSpec)
+	if err != nil {
+		return fmt.Errorf("s3_media_cache: %w", err)
+	}
+	if h.MaxSize < 0 || h.MinFree < 0 || h.Inactive < 0 {
+		return errors.New("s3_media_cache: max_size, min_free and inactive must not be negative")
+	}
+	limits := storeLimits{
+		maxBytes:     h.MaxSize,
+		inactiveFor:  durationOr(h.Inactive, defaultInactive),
+		minFreeBytes: h.MinFree,
+	}
+	s, err := openStore(dir, levels, limits, h.logger)
+	if err != nil {
+		return fmt.Errorf("s3_media_cache: %w", err)
+	}
+	h.store, h.storeDir = s, dir
 	return nil
 }
 
@@ -267,6 +411,9 @@ func (h *Handler) Validate() error {
 
 // Cleanup releases what Provision opened.
 func (h *Handler) Cleanup() error {
+	if h.store != nil {
+		releaseStore(h.storeDir)
+	}
 	if h.closeOrigin != nil {
 		h.closeOrigin()
 	}
@@ -296,10 +443,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		return nil
 	}
 
-	// The disk cache plugs in here: look the key up, serve a fresh
-	// entry, or join or start the fill. Until then, every request is a
-	// pass-through to S3.
-	return h.serveFromOrigin(w, r, objectKey(h.prefix, rel))
+	key := objectKey(h.prefix, rel)
+	if h.store == nil {
+		return h.serveFromOrigin(w, r, key, cacheMiss)
+	}
+	return h.serveCached(w, r, key)
 }
 
 var errMethodNotAllowed = errors.New("method not allowed: media is read-only")
@@ -331,45 +479,24 @@ func (h *Handler) serveLocal(w http.ResponseWriter, r *http.Request, rel string)
 }
 
 // serveFromOrigin streams the object from S3 to the client without
-// buffering it: memory stays flat whatever the object's size.
-func (h *Handler) serveFromOrigin(w http.ResponseWriter, r *http.Request, key string) error {
+// storing it: when there is no cache, or this request cannot use it.
+// Memory stays flat whatever the object's size.
+func (h *Handler) serveFromOrigin(w http.ResponseWriter, r *http.Request, key, cacheStatus string) error {
 	resp, err := h.origin.fetch(r.Context(), clientOriginRequest(r, key))
 	if err != nil {
-		status := http.StatusBadGateway
-		var oe *originError
-		if errors.As(err, &oe) {
-			status = oe.status
-		}
-		h.policy.decorate(w.Header(), status, cacheMiss, time.Now())
-		return caddyhttp.Error(status, err)
+		return h.originFailure(w, err, cacheStatus)
 	}
 	if resp.body != nil {
 		defer resp.body.Close()
 	}
-
 	hdr := w.Header()
 	h.policy.copyUpstream(hdr, resp.header)
-	h.policy.decorate(hdr, resp.status, cacheMiss, time.Now())
+	h.policy.decorate(hdr, resp.status, cacheStatus, time.Now())
 	w.WriteHeader(resp.status)
 	if resp.body == nil || r.Method == http.MethodHead {
 		return nil
 	}
-
-	src := &readErrorRecorder{r: resp.body}
-	if _, err := io.Copy(w, src); err != nil {
-		if src.err == nil {
-			// The client went away; nothing more to do for it.
-			h.logger.Debug("client stopped reading", zap.String("key", key), zap.Error(err))
-			return nil
-		}
-		// S3 failed mid-body. The status line is gone, so the only
-		// honest signal left is to cut the connection: the client
-		// sees a truncated transfer, never a short 200 that looks
-		// complete. Caddy's reverse proxy does the same.
-		h.logger.Warn("S3 body failed mid-transfer; aborting the response",
-			zap.String("key", key), zap.String("reason", bodyFailureReason(src.err)))
-		panic(http.ErrAbortHandler)
-	}
+	h.copyOrAbort(w, resp.body, key)
 	return nil
 }
 

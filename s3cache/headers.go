@@ -131,13 +131,22 @@ type policyWriter struct {
 	cacheStatus string
 	now         time.Time
 	wroteHeader bool
+	status      int
 }
 
 func (w *policyWriter) WriteHeader(status int) {
 	if !w.wroteHeader {
 		w.wroteHeader = true
-		w.policy.hideLocal(w.Header())
-		w.policy.decorate(w.Header(), status, w.cacheStatus, w.now)
+		w.status = status
+		hdr := w.Header()
+		w.policy.hideLocal(hdr)
+		if status >= 400 {
+			// http.ServeContent explains a 416 in a text body; ours
+			// are empty, like every other error this handler sends.
+			delete(hdr, "Content-Type")
+			delete(hdr, "Content-Length")
+		}
+		w.policy.decorate(hdr, status, w.cacheStatus, w.now)
 	}
 	w.ResponseWriter.WriteHeader(status)
 }
@@ -145,6 +154,9 @@ func (w *policyWriter) WriteHeader(status int) {
 func (w *policyWriter) Write(b []byte) (int, error) {
 	if !w.wroteHeader {
 		w.WriteHeader(http.StatusOK)
+	}
+	if w.status >= 400 {
+		return len(b), nil
 	}
 	return w.ResponseWriter.Write(b)
 }

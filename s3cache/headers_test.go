@@ -188,3 +188,13 @@ func canonical(h http.Header) http.Header {
 	}
 	return out
 }
+
+func TestPolicyWriterSendsErrorsWithoutBody(t *testing.T) {
+	p := defaultPolicy()
+	rec := httptest.NewRecorder()
+	w := &policyWriter{ResponseWriter: rec, policy: &p, cacheStatus: cacheBypass, now: testNow}
+	http.Error(w, "invalid range: failed to overlap", http.StatusRequestedRangeNotSatisfiable)
+	if rec.Code != 416 || rec.Body.Len() != 0 || rec.Header().Get("Content-Type") != "" || rec.Header().Get("Cache-Control") != "" {
+		t.Fatalf("got %d %q %v", rec.Code, rec.Body.String(), rec.Header())
+	}
+}

@@ -55,9 +55,11 @@ type originResponse struct {
 // not wrap the SDK's error: that text carries the endpoint URL and the
 // bucket, and Caddy logs handler errors verbatim.
 type originError struct {
-	status int // 404, 502 or 504
-	op     string
-	reason string
+	status         int // for the client: 404, 502 or 504
+	upstreamStatus int // what S3 answered, 0 if it did not
+	timeout        bool
+	op             string
+	reason         string
 }
 
 func (e *originError) Error() string {
@@ -226,32 +228,48 @@ func answerOrError(op string, err error) (*originResponse, error) {
 		case status == http.StatusNotModified,
 			status == http.StatusPreconditionFailed,
 			status == http.StatusRequestedRangeNotSatisfiable:
-			return &originResponse{status: status, header: respErr.Response.Header}, nil
+			return &originResponse{status: status, header: bodilessAnswerHeader(status, respErr.Response.Header)}, nil
 		case status == http.StatusNotFound:
-			return nil, &originError{status: http.StatusNotFound, op: op, reason: "no such key"}
+			return nil, &originError{status: http.StatusNotFound, upstreamStatus: status, op: op, reason: "no such key"}
 		case status == http.StatusForbidden && (code == "AccessDenied" || code == "Forbidden"):
 			// S3 answers 403 rather than 404 for a missing key when the
 			// credentials may not list the bucket, and a HEAD carries
 			// no error code at all. Either way the client sees a 404.
-			return nil, &originError{status: http.StatusNotFound, op: op, reason: "access denied (missing key, or no read permission)"}
+			return nil, &originError{status: http.StatusNotFound, upstreamStatus: status, op: op, reason: "access denied (missing key, or no read permission)"}
 		default:
 			// Bad credentials, a wrong region (301 PermanentRedirect),
 			// throttling and 5xx all mean S3 cannot serve us now. The
 			// code is S3's own error code, safe to log and the fastest
 			// pointer for an operator.
 			return nil, &originError{
-				status: http.StatusBadGateway, op: op,
+				status: http.StatusBadGateway, upstreamStatus: status, op: op,
 				reason: "S3 answered " + strconv.Itoa(status) + " " + code,
 			}
 		}
 	}
 	if isTimeout(err) {
-		return nil, &originError{status: http.StatusGatewayTimeout, op: op, reason: "timed out waiting for S3"}
+		return nil, &originError{status: http.StatusGatewayTimeout, timeout: true, op: op, reason: "timed out waiting for S3"}
 	}
 	if errors.Is(err, context.Canceled) {
 		return nil, &originError{status: http.StatusBadGateway, op: op, reason: "request canceled"}
 	}
 	return nil, &originError{status: http.StatusBadGateway, op: op, reason: "cannot reach S3: " + transportReason(err)}
+}
+
+// bodilessAnswerHeader keeps what a 304, 412 or 416 may say about the
+// object. S3 sends these with the Content-Type and Content-Length of its
+// XML error document, which must not describe our empty body.
+func bodilessAnswerHeader(status int, upstream http.Header) http.Header {
+	h := http.Header{}
+	for _, name := range []string{"Etag", "Last-Modified"} {
+		if v, ok := upstream[name]; ok {
+			h[name] = v
+		}
+	}
+	if v, ok := upstream["Content-Range"]; ok && status == http.StatusRequestedRangeNotSatisfiable {
+		h["Content-Range"] = v
+	}
+	return h
 }
 
 func isTimeout(err error) bool {

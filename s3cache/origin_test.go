@@ -107,6 +107,9 @@ func TestOriginMapsS3Answers(t *testing.T) {
 			if resp.status != tt.wantStatus {
 				t.Fatalf("status %d, want %d", resp.status, tt.wantStatus)
 			}
+			if resp.body == nil && (resp.header.Get("Content-Type") != "" || resp.header.Get("Content-Length") != "") {
+				t.Fatalf("bodiless %d describes S3's error document: %v", resp.status, resp.header)
+			}
 		})
 	}
 }

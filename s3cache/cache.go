@@ -1,0 +1,418 @@
+package s3cache
+
+import (
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"net/http"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+)
+
+// The rest of nginx's $upstream_cache_status vocabulary, used once the
+// cache is on (see headers.go for MISS and BYPASS).
+const (
+	cacheHit         = "HIT"         // a fresh entry
+	cacheExpired     = "EXPIRED"     // an expired entry, replaced by a new download
+	cacheRevalidated = "REVALIDATED" // an expired entry, confirmed by S3 with a 304
+	cacheStale       = "STALE"       // an expired entry, served because S3 failed
+	cacheUpdating    = "UPDATING"    // an expired entry, served while a refresh runs
+)
+
+var (
+	errEntryGone      = errors.New("cache entry disappeared")
+	errCachedNotFound = errors.New("no such key (cached answer)")
+)
+
+// cacheKey names an object in the store. The bucket is part of it so two
+// sites sharing a cache_dir with different buckets cannot collide.
+func (h *Handler) cacheKey(key string) string {
+	return h.originCfg.bucket + "/" + key
+}
+
+// serveCached answers a request through the disk cache: a fresh entry is
+// served from disk; otherwise the request joins or starts the one fill of
+// the key, and is streamed from it.
+func (h *Handler) serveCached(w http.ResponseWriter, r *http.Request, key string) error {
+	ckey := h.cacheKey(key)
+	now := time.Now()
+	e, found := h.store.lookup(ckey, now)
+	if found && isFresh(&e.meta, now) {
+		if err := h.serveEntry(w, r, &e, cacheHit); !errors.Is(err, errEntryGone) {
+			return err
+		}
+		found = false
+	}
+	if found && h.fresh.staleOn.onUpdating {
+		h.refreshInBackground(ckey, key, e)
+		if err := h.serveEntry(w, r, &e, cacheUpdating); !errors.Is(err, errEntryGone) {
+			return err
+		}
+		found = false
+	}
+	var stale *entry
+	if found {
+		stale = &e
+	}
+	return h.serveThroughFill(w, r, ckey, key, stale)
+}
+
+// serveThroughFill joins the fill of ckey, starting it if none runs, and
+// answers from whatever it turns out to be.
+func (h *Handler) serveThroughFill(w http.ResponseWriter, r *http.Request, ckey, key string, stale *entry) error {
+	word := cacheMiss
+	if stale != nil {
+		word = cacheExpired
+	}
+	if h.lockDisabled && h.store.inFlight(ckey) {
+		// Like proxy_cache_lock off: a concurrent request goes to S3
+		// on its own, and only the first one stores the object.
+		return h.serveFromOrigin(w, r, key, word)
+	}
+	f, started := h.store.joinOrStart(ckey)
+	defer f.release()
+	if started {
+		var validators *entryMeta
+		if stale != nil {
+			validators = &stale.meta
+		}
+		go h.runFill(f, key, validators)
+	}
+	if !h.waitReady(r, f) {
+		// proxy_cache_lock_timeout: past it, a waiter goes to S3
+		// itself, uncached, rather than wait any longer for headers.
+		return h.serveFromOrigin(w, r, key, word)
+	}
+
+	switch f.outcome {
+	case fillStreaming:
+		h.respondStored(w, r, &f.meta, word, fillBody{f: f, ctx: r.Context()})
+		return nil
+	case fillNegative:
+		h.policy.decorate(w.Header(), http.StatusNotFound, word, time.Now())
+		return caddyhttp.Error(http.StatusNotFound, errCachedNotFound)
+	case fillNotModified:
+		if e, ok := h.store.lookup(ckey, time.Now()); ok {
+			if err := h.serveEntry(w, r, &e, cacheRevalidated); !errors.Is(err, errEntryGone) {
+				return err
+			}
+		}
+		return h.serveFromOrigin(w, r, key, word)
+	case fillFailed:
+		if stale != nil && h.fresh.staleOn.allows(f.err) {
+			if err := h.serveEntry(w, r, stale, cacheStale); !errors.Is(err, errEntryGone) {
+				return err
+			}
+		}
+		return h.originFailure(w, f.err, word)
+	default: // fillUncacheable
+		return h.serveFromOrigin(w, r, key, word)
+	}
+}
+
+// waitReady waits for the fill's headers, at most lock_timeout.
+func (h *Handler) waitReady(r *http.Request, f *fill) bool {
+	select {
+	case <-f.ready:
+		return true
+	default:
+	}
+	timer := time.NewTimer(h.lockTimeout)
+	defer timer.Stop()
+	select {
+	case <-f.ready:
+		return true
+	case <-timer.C:
+		return false
+	case <-r.Context().Done():
+		return false
+	}
+}
+
+// refreshInBackground starts one refresh of an expired entry, unless one
+// runs already, for use_stale updating.
+func (h *Handler) refreshInBackground(ckey, key string, stale entry) {
+	f, started := h.store.joinOrStart(ckey)
+	f.release() // nobody reads this fill here
+	if started {
+		go h.runFill(f, key, &stale.meta)
+	}
+}
+
+// serveEntry answers from a committed entry. It returns errEntryGone when
+// the entry vanished or failed its checks, for the caller to go to S3.
+func (h *Handler) serveEntry(w http.ResponseWriter, r *http.Request, e *entry, cacheStatus string) error {
+	if e.meta.Status == http.StatusNotFound {
+		h.policy.decorate(w.Header(), http.StatusNotFound, cacheStatus, time.Now())
+		return caddyhttp.Error(http.StatusNotFound, errCachedNotFound)
+	}
+	f, err := os.Open(e.path)
+	if err != nil {
+		return errEntryGone // evicted or purged since the lookup
+	}
+	defer f.Close()
+	info, err := f.Stat()
+	if err != nil {
+		return errEntryGone
+	}
+	meta := &e.meta
+	if id := identityOf(info); id != e.verified {
+		// A file this process has not checked: loaded at startup,
+		// replaced since the lookup, or altered on disk. Its own
+		// header is the truth about it; its body must match the
+		// checksum there before a byte of it is served.
+		checked, err := verifyEntryFile(f, info.Size())
+		if err != nil {
+			h.store.discardCorrupt(e.path, err)
+			return errEntryGone
+		}
+		h.store.markVerified(checked.Key, id)
+		meta = &checked
+	}
+	h.respondStored(w, r, meta, cacheStatus, fileBody{f: f, base: meta.bodyOffset()})
+	return nil
+}
+
+// verifyEntryFile reads an entry's header and checks its body against the
+// recorded SHA-256.
+func verifyEntryFile(f *os.File, size int64) (entryMeta, error) {
+	m, err := readEntryHeader(f)
+	if err != nil {
+		return m, err
+	}
+	if size != m.fileSize() {
+		return m, fmt.Errorf("%w: file is %d bytes, header says %d", errCorruptEntry, size, m.fileSize())
+	}
+	sum := sha256.New()
+	if _, err := io.Copy(sum, io.NewSectionReader(f, m.bodyOffset(), m.bodyLen)); err != nil {
+		return m, fmt.Errorf("reading entry body: %w", err)
+	}
+	if [32]byte(sum.Sum(nil)) != m.bodySum {
+		return m, fmt.Errorf("%w: body checksum mismatch", errCorruptEntry)
+	}
+	return m, nil
+}
+
+// originFailure answers a failed S3 fetch with its status (404, 502, 504).
+func (h *Handler) originFailure(w http.ResponseWriter, err error, cacheStatus string) error {
+	status := http.StatusBadGateway
+	var oe *originError
+	if errors.As(err, &oe) {
+		status = oe.status
+	}
+	h.policy.decorate(w.Header(), status, cacheStatus, time.Now())
+	return caddyhttp.Error(status, err)
+}
+
+// runFill performs the one S3 fetch of a fill and publishes its outcome.
+// It runs in the store's context: the request that started it may be
+// long gone. stale, when set, makes it a revalidation.
+func (h *Handler) runFill(f *fill, key string, stale *entryMeta) {
+	defer f.release() // the writer's reference
+	req := originRequest{key: key}
+	if stale != nil && h.fresh.revalidate {
+		req.ifNoneMatch = stale.ETag
+		if req.ifNoneMatch == "" {
+			req.ifModifiedSince = parseHTTPDate(stale.LastModified)
+		}
+	}
+	resp, err := h.origin.fetch(h.store.ctx, req)
+	now := time.Now()
+	if err != nil {
+		var oe *originError
+		if errors.As(err, &oe) && oe.status == http.StatusNotFound {
+			if ttl, ok := h.fresh.lifetime(http.StatusNotFound, nil, now); ok {
+				if m, err := h.storeNegative(f, now, ttl); err == nil {
+					f.settle(fillNegative, m, nil)
+					return
+				}
+			}
+		}
+		h.store.endFill(f)
+		f.settle(fillFailed, entryMeta{}, err)
+		return
+	}
+	defer func() {
+		if resp.body != nil {
+			resp.body.Close()
+		}
+	}()
+
+	switch {
+	case resp.status == http.StatusNotModified && stale != nil:
+		ttl, ok := h.fresh.lifetime(http.StatusOK, resp.header, now)
+		if v, set := h.fresh.validFor[http.StatusNotModified]; set {
+			ttl, ok = v, v > 0
+		}
+		if !ok {
+			ttl = 0
+		}
+		if err := h.store.refresh(f.key, now, now.Add(ttl)); err != nil {
+			h.logger.Warn("could not refresh revalidated entry; serving from S3", zap.String("key", key), zap.Error(err))
+			h.store.endFill(f)
+			f.settle(fillUncacheable, entryMeta{}, nil)
+			return
+		}
+		h.store.endFill(f)
+		f.settle(fillNotModified, entryMeta{}, nil)
+	case resp.status == http.StatusOK && resp.body != nil:
+		h.streamToStore(f, key, resp, now)
+	default:
+		h.store.endFill(f)
+		f.settle(fillUncacheable, entryMeta{}, nil)
+	}
+}
+
+// bufferPool holds the copy buffers of fills: large enough that a 20 MB
+// object is a few hundred reads, allocated once.
+var bufferPool = sync.Pool{New: func() any { b := make([]byte, 128<<10); return &b }}
+
+// streamToStore writes a 200 body to a temp file that readers stream
+// from, then commits it as an entry. Anything that stops the object from
+// being stored before the body starts (no room, no Content-Length,
+// too large, no-store, a disk error) turns the fill into a pass-through
+// for every waiter; a disk error is logged, and requests keep working.
+func (h *Handler) streamToStore(f *fill, key string, resp *originResponse, now time.Time) {
+	ttl, cacheable := h.fresh.lifetime(http.StatusOK, resp.header, now)
+	size, err := strconv.ParseInt(resp.header.Get("Content-Length"), 10, 64)
+	if err != nil || size < 0 {
+		cacheable = false
+	}
+	m := metaFromUpstream(f.key, http.StatusOK, resp.header)
+	m.storedAt, m.expiresAt, m.bodyLen = now, now.Add(ttl), size
+	metaJSON, err := encodeMeta(&m)
+	if err != nil || !cacheable || size > h.maxObjectBytes {
+		h.store.endFill(f)
+		f.settle(fillUncacheable, m, nil)
+		return
+	}
+	reserved := m.fileSize()
+	if !h.store.reserve(reserved) {
+		h.store.endFill(f)
+		f.settle(fillUncacheable, m, nil)
+		return
+	}
+	tmp, err := h.writeEntryStart(&m, metaJSON)
+	if err != nil {
+		h.logger.Warn("cannot write to the cache; serving from S3 uncached", zap.Error(err))
+		h.store.unreserve(reserved)
+		h.store.endFill(f)
+		f.settle(fillUncacheable, m, nil)
+		return
+	}
+	f.startStreaming(m, tmp)
+
+	sum, err := copyBody(f, tmp, resp.body, size)
+	if err == nil {
+		m.bodySum = sum
+		err = h.finishEntry(tmp, &m, reserved)
+		if err != nil {
+			// Readers already have every byte; only storing failed.
+			h.logger.Warn("cannot commit a cache entry; it will be fetched again", zap.String("key", key), zap.Error(err))
+			h.store.unreserve(reserved)
+			h.store.endFill(f)
+		}
+		f.finish(nil)
+		return
+	}
+	h.store.unreserve(reserved)
+	h.store.endFill(f)
+	f.finish(err)
+}
+
+// writeEntryStart creates the temp file and writes the header and metadata.
+func (h *Handler) writeEntryStart(m *entryMeta, metaJSON []byte) (*os.File, error) {
+	tmp, err := h.store.newTempFile()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := tmp.Write(append(encodeFixedHeader(m), metaJSON...)); err != nil {
+		tmp.Close()
+		os.Remove(tmp.Name())
+		return nil, err
+	}
+	return tmp, nil
+}
+
+// copyBody copies exactly size bytes from S3 to the temp file, making each
+// chunk visible to readers as soon as it is written, and returns the
+// body's SHA-256. A short body is an error: S3 promised size bytes.
+func copyBody(f *fill, tmp *os.File, body io.Reader, size int64) ([32]byte, error) {
+	bufp := bufferPool.Get().(*[]byte)
+	defer bufferPool.Put(bufp)
+	buf := *bufp
+	var sum hash.Hash = sha256.New()
+	var total int64
+	for {
+		n, rerr := body.Read(buf)
+		if n > 0 {
+			if total+int64(n) > size {
+				return [32]byte{}, fmt.Errorf("S3 sent more than its Content-Length")
+			}
+			sum.Write(buf[:n])
+			if _, err := tmp.Write(buf[:n]); err != nil {
+				return [32]byte{}, fmt.Errorf("writing cache temp file: %w", err)
+			}
+			total += int64(n)
+			f.advance(int64(n))
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			return [32]byte{}, rerr
+		}
+	}
+	if total != size {
+		return [32]byte{}, io.ErrUnexpectedEOF
+	}
+	return [32]byte(sum.Sum(nil)), nil
+}
+
+// finishEntry records the checksum in the header and commits the file.
+func (h *Handler) finishEntry(tmp *os.File, m *entryMeta, reserved int64) error {
+	if _, err := tmp.WriteAt(encodeFixedHeader(m), 0); err != nil {
+		return fmt.Errorf("writing entry header: %w", err)
+	}
+	info, err := tmp.Stat()
+	if err != nil {
+		return err
+	}
+	return h.store.commit(tmp.Name(), *m, identityOf(info), reserved)
+}
+
+// storeNegative caches S3's "no such key" for ttl, as an entry without a
+// body, so a scan of missing keys does not become a scan of the bucket.
+func (h *Handler) storeNegative(f *fill, now time.Time, ttl time.Duration) (entryMeta, error) {
+	m := entryMeta{Key: f.key, Status: http.StatusNotFound, storedAt: now, expiresAt: now.Add(ttl)}
+	m.bodySum = sha256.Sum256(nil)
+	metaJSON, err := encodeMeta(&m)
+	if err != nil {
+		return m, err
+	}
+	if !h.store.reserve(m.fileSize()) {
+		return m, errors.New("no room for a negative entry")
+	}
+	tmp, err := h.writeEntryStart(&m, metaJSON)
+	if err != nil {
+		h.store.unreserve(m.fileSize())
+		return m, err
+	}
+	defer tmp.Close()
+	info, err := tmp.Stat()
+	if err == nil {
+		err = h.store.commit(tmp.Name(), m, identityOf(info), m.fileSize())
+	}
+	if err != nil {
+		h.store.unreserve(m.fileSize())
+		os.Remove(tmp.Name())
+	}
+	return m, err
+}

@@ -1,0 +1,602 @@
+package s3cache
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+)
+
+// These tests drive the cache engine with a scripted origin, to hold a
+// body mid-transfer or break it on cue. The integration suite runs the same
+// behaviours against versitygw through a throttling proxy.
+
+// gatedBody releases its bytes chunk by chunk: one chunk per value sent on
+// gate, and fails with failWith once gate is closed early.
+type gatedBody struct {
+	data     []byte
+	chunk    int
+	gate     chan struct{}
+	failWith error
+	off      int
+}
+
+func (b *gatedBody) Read(p []byte) (int, error) {
+	if b.off >= len(b.data) {
+		return 0, io.EOF
+	}
+	if b.gate != nil {
+		if _, ok := <-b.gate; !ok {
+			if b.failWith != nil {
+				return 0, b.failWith
+			}
+			// gate closed without failure: release everything at once
+			b.gate = nil
+		}
+	}
+	n := b.chunk
+	if b.gate == nil {
+		n = len(b.data) - b.off
+	}
+	n = copy(p, b.data[b.off:min(b.off+n, len(b.data))])
+	b.off += n
+	return n, nil
+}
+
+func (b *gatedBody) Close() error { return nil }
+
+func objectBytes(n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(i*7 + i/251)
+	}
+	return b
+}
+
+func okResponse(data []byte, body io.ReadCloser) *originResponse {
+	return &originResponse{status: 200, header: http.Header{
+		"Content-Length": {strconv.Itoa(len(data))},
+		"Content-Type":   {"video/mp4"},
+		"Etag":           {`"v1"`},
+		"Last-Modified":  {"Wed, 25 Nov 2026 10:00:00 GMT"},
+	}, body: body}
+}
+
+func newCachedHandler(t *testing.T, o origin, dir string, configure func(*Handler)) *Handler {
+	t.Helper()
+	h := &Handler{origin: o, logger: zap.NewNop(), MaxSize: 64 << 20}
+	h.originCfg.bucket = "b"
+	if configure != nil {
+		configure(h)
+	}
+	p, err := h.buildHeaderPolicy()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.policy = p
+	if err := h.buildFreshness(); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.openCache(dir); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { releaseStore(dir) })
+	waitLoaded(t, h.store)
+	return h
+}
+
+func waitLoaded(t *testing.T, s *store) {
+	t.Helper()
+	select {
+	case <-s.loaded:
+	case <-time.After(5 * time.Second):
+		t.Fatal("store did not load")
+	}
+}
+
+func get(t *testing.T, url string, headers ...string) (*http.Response, []byte) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", url, nil)
+	for i := 0; i+1 < len(headers); i += 2 {
+		req.Header.Set(headers[i], headers[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("reading %s: %v", url, err)
+	}
+	return resp, body
+}
+
+func TestFillFollowerGetsBytesBeforeLeaderFinishes(t *testing.T) {
+	data := objectBytes(1 << 20)
+	body := &gatedBody{data: data, chunk: 64 << 10, gate: make(chan struct{})}
+	o := &scriptedOrigin{respond: func(originRequest) (*originResponse, error) { return okResponse(data, body), nil }}
+	h := newCachedHandler(t, o, t.TempDir(), nil)
+	srv := serve(t, h)
+
+	const clients = 10
+	type result struct {
+		firstByte bool
+		body      []byte
+		status    string
+		err       error
+	}
+	results := make(chan result, clients)
+	firstBytes := make(chan struct{}, clients)
+	for range clients {
+		go func() {
+			resp, err := http.Get(srv.URL + "/v/a.mp4")
+			if err != nil {
+				results <- result{err: err}
+				return
+			}
+			defer resp.Body.Close()
+			one := make([]byte, 1)
+			if _, err := io.ReadFull(resp.Body, one); err != nil {
+				results <- result{err: err}
+				return
+			}
+			firstBytes <- struct{}{}
+			rest, err := io.ReadAll(resp.Body)
+			results <- result{firstByte: true, body: append(one, rest...), status: resp.Header.Get("X-Cache-Status"), err: err}
+		}()
+	}
+	body.gate <- struct{}{} // release exactly one chunk
+	for i := range clients {
+		select {
+		case <-firstBytes:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("only %d of %d clients got a byte while the fill was held after its first chunk", i, clients)
+		}
+	}
+	close(body.gate) // release the rest
+	for range clients {
+		r := <-results
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		if !bytes.Equal(r.body, data) || r.status != "MISS" {
+			t.Fatalf("got %d bytes, status %s", len(r.body), r.status)
+		}
+	}
+	if n := o.calls.Load(); n != 1 {
+		t.Fatalf("%d S3 requests for %d concurrent clients, want 1", n, clients)
+	}
+	resp, got := get(t, srv.URL+"/v/a.mp4")
+	if resp.Header.Get("X-Cache-Status") != "HIT" || !bytes.Equal(got, data) || o.calls.Load() != 1 {
+		t.Fatalf("after the fill: %s, %d bytes, %d S3 requests", resp.Header.Get("X-Cache-Status"), len(got), o.calls.Load())
+	}
+}
+
+func TestFillSurvivesLeaderDisconnect(t *testing.T) {
+	data := objectBytes(256 << 10)
+	body := &gatedBody{data: data, chunk: 16 << 10, gate: make(chan struct{})}
+	o := &scriptedOrigin{respond: func(originRequest) (*originResponse, error) { return okResponse(data, body), nil }}
+	h := newCachedHandler(t, o, t.TempDir(), nil)
+	srv := serve(t, h)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	req, _ := http.NewRequestWithContext(ctx, "GET", srv.URL+"/v/a.mp4", nil)
+	leaderDone := make(chan struct{})
+	go func() {
+		defer close(leaderDone)
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			io.ReadFull(resp.Body, make([]byte, 1))
+			resp.Body.Close()
+		}
+	}()
+	body.gate <- struct{}{}
+	cancel() // the client that started the fill goes away
+	<-leaderDone
+
+	follower := make(chan []byte)
+	go func() { _, b := get(t, srv.URL+"/v/a.mp4"); follower <- b }()
+	close(body.gate)
+	select {
+	case got := <-follower:
+		if !bytes.Equal(got, data) {
+			t.Fatalf("follower got %d bytes, want the whole object", len(got))
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("follower never completed")
+	}
+	if n := o.calls.Load(); n != 1 {
+		t.Fatalf("%d S3 requests, want 1: the fill must not restart", n)
+	}
+}
+
+func TestFillFailureAbortsReadersAndStoresNothing(t *testing.T) {
+	data := objectBytes(512 << 10)
+	dir := t.TempDir()
+	o := &scriptedOrigin{}
+	o.respond = func(originRequest) (*originResponse, error) {
+		b := &gatedBody{data: data, chunk: 128 << 10, gate: make(chan struct{}), failWith: errors.New("connection reset by peer")}
+		go func() { b.gate <- struct{}{}; close(b.gate) }()
+		return okResponse(data, b), nil
+	}
+	h := newCachedHandler(t, o, dir, nil)
+	srv := serve(t, h)
+	resp, err := http.Get(srv.URL + "/v/a.mp4")
+	if err == nil {
+		_, err = io.ReadAll(resp.Body)
+		resp.Body.Close()
+	}
+	if err == nil {
+		t.Fatal("a fill that broke mid-body produced a complete response")
+	}
+	if _, ok := h.store.lookup(h.cacheKey("v/a.mp4"), time.Now()); ok {
+		t.Fatal("a broken fill was stored")
+	}
+	assertNoEntryFiles(t, dir)
+}
+
+func TestHitAnswersRangesConditionalsAndHead(t *testing.T) {
+	data := objectBytes(100_000)
+	o := &scriptedOrigin{respond: func(originRequest) (*originResponse, error) {
+		return okResponse(data, io.NopCloser(bytes.NewReader(data))), nil
+	}}
+	h := newCachedHandler(t, o, t.TempDir(), nil)
+	srv := serve(t, h)
+	get(t, srv.URL+"/v/a.mp4") // fill
+
+	resp, body := get(t, srv.URL+"/v/a.mp4", "Range", "bytes=100-199")
+	if resp.StatusCode != 206 || !bytes.Equal(body, data[100:200]) || resp.Header.Get("Content-Range") != "bytes 100-199/100000" || resp.Header.Get("X-Cache-Status") != "HIT" {
+		t.Fatalf("single range: %d %q %s", resp.StatusCode, resp.Header.Get("Content-Range"), resp.Header.Get("X-Cache-Status"))
+	}
+	resp, body = get(t, srv.URL+"/v/a.mp4", "Range", "bytes=-10")
+	if resp.StatusCode != 206 || !bytes.Equal(body, data[len(data)-10:]) {
+		t.Fatalf("suffix range: %d", resp.StatusCode)
+	}
+	resp, body = get(t, srv.URL+"/v/a.mp4", "Range", "bytes=0-1,10-11")
+	if resp.StatusCode != 206 || !strings.HasPrefix(resp.Header.Get("Content-Type"), "multipart/byteranges; boundary=") ||
+		!bytes.Contains(body, data[10:12]) || resp.ContentLength != int64(len(body)) {
+		t.Fatalf("multi range: %d %s len %d/%d", resp.StatusCode, resp.Header.Get("Content-Type"), resp.ContentLength, len(body))
+	}
+	resp, _ = get(t, srv.URL+"/v/a.mp4", "Range", "bytes=200000-")
+	if resp.StatusCode != 416 || resp.Header.Get("Content-Range") != "bytes */100000" || resp.Header.Get("Cache-Control") != "" {
+		t.Fatalf("unsatisfiable: %d %q", resp.StatusCode, resp.Header.Get("Content-Range"))
+	}
+	resp, body = get(t, srv.URL+"/v/a.mp4", "If-None-Match", `"v1"`)
+	if resp.StatusCode != 304 || len(body) != 0 || resp.Header.Get("Etag") != `"v1"` || resp.Header.Get("Cache-Control") == "" {
+		t.Fatalf("If-None-Match: %d %v", resp.StatusCode, resp.Header)
+	}
+	resp, _ = get(t, srv.URL+"/v/a.mp4", "If-Modified-Since", "Wed, 25 Nov 2026 10:00:00 GMT")
+	if resp.StatusCode != 304 {
+		t.Fatalf("If-Modified-Since: %d", resp.StatusCode)
+	}
+	resp, body = get(t, srv.URL+"/v/a.mp4", "Range", "bytes=0-9", "If-Range", `"old"`)
+	if resp.StatusCode != 200 || !bytes.Equal(body, data) {
+		t.Fatalf("stale If-Range must give the whole object: %d", resp.StatusCode)
+	}
+	req, _ := http.NewRequest("HEAD", srv.URL+"/v/a.mp4", nil)
+	hr, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hr.Body.Close()
+	if hr.StatusCode != 200 || hr.ContentLength != int64(len(data)) || hr.Header.Get("X-Cache-Status") != "HIT" {
+		t.Fatalf("HEAD: %d %d %s", hr.StatusCode, hr.ContentLength, hr.Header.Get("X-Cache-Status"))
+	}
+	if n := o.calls.Load(); n != 1 {
+		t.Fatalf("%d S3 requests, want 1", n)
+	}
+}
+
+func TestEvictionKeepsStoreUnderMaxSize(t *testing.T) {
+	data := objectBytes(100_000)
+	dir := t.TempDir()
+	o := &scriptedOrigin{respond: func(originRequest) (*originResponse, error) {
+		return okResponse(data, io.NopCloser(bytes.NewReader(data))), nil
+	}}
+	const maxSize = 1_000_000
+	h := newCachedHandler(t, o, dir, func(h *Handler) { h.MaxSize = maxSize })
+	srv := serve(t, h)
+	for i := range 50 { // 5 MB through a 1 MB cache
+		resp, body := get(t, srv.URL+"/v/"+strconv.Itoa(i)+".mp4")
+		if resp.StatusCode != 200 || !bytes.Equal(body, data) {
+			t.Fatalf("object %d: %d", i, resp.StatusCode)
+		}
+		if used := dirBytes(t, dir); used > maxSize {
+			t.Fatalf("after object %d the cache holds %d bytes, over max_size %d", i, used, maxSize)
+		}
+	}
+	resp, _ := get(t, srv.URL+"/v/49.mp4")
+	if resp.Header.Get("X-Cache-Status") != "HIT" {
+		t.Fatalf("the most recent object was evicted: %s", resp.Header.Get("X-Cache-Status"))
+	}
+	resp, _ = get(t, srv.URL+"/v/0.mp4")
+	if resp.Header.Get("X-Cache-Status") != "MISS" {
+		t.Fatalf("the oldest object survived: %s", resp.Header.Get("X-Cache-Status"))
+	}
+}
+
+func TestRestartServesHitsFromDisk(t *testing.T) {
+	data := objectBytes(70_000)
+	dir := t.TempDir()
+	o := &scriptedOrigin{respond: func(originRequest) (*originResponse, error) {
+		return okResponse(data, io.NopCloser(bytes.NewReader(data))), nil
+	}}
+	h := newCachedHandler(t, o, dir, nil)
+	srv := serve(t, h)
+	get(t, srv.URL+"/v/a.mp4")
+	releaseStore(dir) // the process stops: the store is destroyed
+
+	h2 := newCachedHandler(t, o, dir, nil)
+	srv2 := serve(t, h2)
+	resp, body := get(t, srv2.URL+"/v/a.mp4")
+	if resp.Header.Get("X-Cache-Status") != "HIT" || !bytes.Equal(body, data) {
+		t.Fatalf("after restart: %s, %d bytes", resp.Header.Get("X-Cache-Status"), len(body))
+	}
+	if n := o.calls.Load(); n != 1 {
+		t.Fatalf("%d S3 requests, want 1", n)
+	}
+}
+
+func TestCorruptEntryIsNeverServed(t *testing.T) {
+	data := objectBytes(70_000)
+	dir := t.TempDir()
+	o := &scriptedOrigin{respond: func(originRequest) (*originResponse, error) {
+		return okResponse(data, io.NopCloser(bytes.NewReader(data))), nil
+	}}
+	h := newCachedHandler(t, o, dir, nil)
+	srv := serve(t, h)
+	get(t, srv.URL+"/v/a.mp4")
+	e, ok := h.store.lookup(h.cacheKey("v/a.mp4"), time.Now())
+	if !ok {
+		t.Fatal("not stored")
+	}
+	f, err := os.OpenFile(e.path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteAt([]byte("XXXX"), e.meta.bodyOffset()+1000) // same size, different bytes
+	f.Close()
+	future := time.Now().Add(time.Minute)
+	os.Chtimes(e.path, future, future)
+
+	resp, body := get(t, srv.URL+"/v/a.mp4")
+	if !bytes.Equal(body, data) || resp.Header.Get("X-Cache-Status") != "MISS" {
+		t.Fatalf("altered entry: status %s, bytes equal %v", resp.Header.Get("X-Cache-Status"), bytes.Equal(body, data))
+	}
+	if n := o.calls.Load(); n != 2 {
+		t.Fatalf("%d S3 requests, want 2 (the corrupt entry refetched)", n)
+	}
+}
+
+func TestExpiredEntryRevalidatesOrIsReplaced(t *testing.T) {
+	data := objectBytes(10_000)
+	var mu sync.Mutex
+	answer := 200
+	var lastReq originRequest
+	o := &scriptedOrigin{respond: func(req originRequest) (*originResponse, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		lastReq = req
+		if answer == 304 {
+			return &originResponse{status: 304, header: http.Header{"Etag": {`"v1"`}}}, nil
+		}
+		return okResponse(data, io.NopCloser(bytes.NewReader(data))), nil
+	}}
+	h := newCachedHandler(t, o, t.TempDir(), func(h *Handler) {
+		h.Valid = map[string]caddy.Duration{"200": caddy.Duration(50 * time.Millisecond)}
+		h.UseStale = []string{"error"}
+	})
+	srv := serve(t, h)
+	get(t, srv.URL+"/v/a.mp4")
+	time.Sleep(80 * time.Millisecond)
+
+	mu.Lock()
+	answer = 304
+	mu.Unlock()
+	resp, body := get(t, srv.URL+"/v/a.mp4")
+	if resp.Header.Get("X-Cache-Status") != "REVALIDATED" || !bytes.Equal(body, data) || lastReq.ifNoneMatch != `"v1"` {
+		t.Fatalf("304: %s, If-None-Match %q", resp.Header.Get("X-Cache-Status"), lastReq.ifNoneMatch)
+	}
+	time.Sleep(80 * time.Millisecond)
+	mu.Lock()
+	answer = 200
+	mu.Unlock()
+	resp, body = get(t, srv.URL+"/v/a.mp4")
+	if resp.Header.Get("X-Cache-Status") != "EXPIRED" || !bytes.Equal(body, data) {
+		t.Fatalf("200: %s", resp.Header.Get("X-Cache-Status"))
+	}
+}
+
+func TestStaleServedWhenS3Fails(t *testing.T) {
+	data := objectBytes(10_000)
+	var mu sync.Mutex
+	down := false
+	o := &scriptedOrigin{respond: func(req originRequest) (*originResponse, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if down {
+			return nil, &originError{status: 502, upstreamStatus: 503, op: "GetObject", reason: "S3 answered 503 SlowDown"}
+		}
+		return okResponse(data, io.NopCloser(bytes.NewReader(data))), nil
+	}}
+	h := newCachedHandler(t, o, t.TempDir(), func(h *Handler) {
+		h.Valid = map[string]caddy.Duration{"200": caddy.Duration(50 * time.Millisecond)}
+		h.UseStale = []string{"error", "http_503"}
+	})
+	srv := serve(t, h)
+	get(t, srv.URL+"/v/a.mp4")
+	time.Sleep(80 * time.Millisecond)
+	mu.Lock()
+	down = true
+	mu.Unlock()
+	resp, body := get(t, srv.URL+"/v/a.mp4")
+	if resp.StatusCode != 200 || resp.Header.Get("X-Cache-Status") != "STALE" || !bytes.Equal(body, data) {
+		t.Fatalf("S3 down: %d %s", resp.StatusCode, resp.Header.Get("X-Cache-Status"))
+	}
+	resp, _ = get(t, srv.URL+"/v/other.mp4")
+	if resp.StatusCode != 502 || resp.Header.Get("X-Cache-Status") != "MISS" {
+		t.Fatalf("no stale copy: %d %s", resp.StatusCode, resp.Header.Get("X-Cache-Status"))
+	}
+}
+
+func TestUpdatingServesStaleWhileOneRefreshRuns(t *testing.T) {
+	data := objectBytes(10_000)
+	release := make(chan struct{})
+	var mu sync.Mutex
+	calls := 0
+	o := &scriptedOrigin{respond: func(req originRequest) (*originResponse, error) {
+		mu.Lock()
+		calls++
+		n := calls
+		mu.Unlock()
+		if n > 1 {
+			<-release // the refresh hangs until the test lets it go
+		}
+		return okResponse(data, io.NopCloser(bytes.NewReader(data))), nil
+	}}
+	h := newCachedHandler(t, o, t.TempDir(), func(h *Handler) {
+		h.Valid = map[string]caddy.Duration{"200": caddy.Duration(50 * time.Millisecond)}
+	})
+	srv := serve(t, h)
+	get(t, srv.URL+"/v/a.mp4")
+	time.Sleep(80 * time.Millisecond)
+	for range 5 {
+		resp, body := get(t, srv.URL+"/v/a.mp4")
+		if resp.Header.Get("X-Cache-Status") != "UPDATING" || !bytes.Equal(body, data) {
+			t.Fatalf("got %s", resp.Header.Get("X-Cache-Status"))
+		}
+	}
+	close(release)
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		if resp, _ := get(t, srv.URL+"/v/a.mp4"); resp.Header.Get("X-Cache-Status") == "HIT" {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := o.calls.Load(); n != 2 {
+		t.Fatalf("%d S3 requests, want 2 (one fill, one refresh)", n)
+	}
+}
+
+func TestNegativeCachingAbsorbsRepeats(t *testing.T) {
+	o := &scriptedOrigin{respond: func(originRequest) (*originResponse, error) {
+		return nil, &originError{status: 404, upstreamStatus: 404, op: "GetObject", reason: "no such key"}
+	}}
+	h := newCachedHandler(t, o, t.TempDir(), nil)
+	srv := serve(t, h)
+	for i := range 5 {
+		resp, body := get(t, srv.URL+"/missing.png")
+		want := "HIT"
+		if i == 0 {
+			want = "MISS"
+		}
+		if resp.StatusCode != 404 || len(body) != 0 || resp.Header.Get("X-Cache-Status") != want {
+			t.Fatalf("request %d: %d %s", i, resp.StatusCode, resp.Header.Get("X-Cache-Status"))
+		}
+	}
+	if n := o.calls.Load(); n != 1 {
+		t.Fatalf("%d S3 requests, want 1", n)
+	}
+}
+
+func TestOversizedObjectIsPassedThrough(t *testing.T) {
+	data := objectBytes(10_000)
+	dir := t.TempDir()
+	o := &scriptedOrigin{respond: func(originRequest) (*originResponse, error) {
+		return okResponse(data, io.NopCloser(bytes.NewReader(data))), nil
+	}}
+	h := newCachedHandler(t, o, dir, func(h *Handler) { h.MaxObjectSize = 5_000 })
+	srv := serve(t, h)
+	for range 2 {
+		resp, body := get(t, srv.URL+"/v/big.mp4")
+		if resp.StatusCode != 200 || !bytes.Equal(body, data) || resp.Header.Get("X-Cache-Status") != "MISS" {
+			t.Fatalf("%d %s", resp.StatusCode, resp.Header.Get("X-Cache-Status"))
+		}
+	}
+	assertNoEntryFiles(t, dir)
+}
+
+func TestEntryHeaderRoundTrip(t *testing.T) {
+	m := metaFromUpstream("b/a.png", 200, http.Header{"Content-Type": {"image/png"}, "Etag": {`"x"`}})
+	m.storedAt = time.Unix(100, 5)
+	m.expiresAt = time.Unix(200, 7)
+	m.bodyLen = 3
+	m.bodySum = sha256.Sum256([]byte("abc"))
+	meta, err := encodeMeta(&m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := append(append(encodeFixedHeader(&m), meta...), "abc"...)
+	got, err := readEntryHeader(bytes.NewReader(file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Key != m.Key || got.ContentType != "image/png" || got.ETag != `"x"` || !got.expiresAt.Equal(m.expiresAt) ||
+		got.bodyLen != 3 || got.bodySum != m.bodySum || got.fileSize() != int64(len(file)) {
+		t.Fatalf("round trip: %+v", got)
+	}
+	for _, i := range []int{0, 9, 20, 75, entryHeaderSize + 2} {
+		bad := bytes.Clone(file)
+		bad[i] ^= 0xff
+		if _, err := readEntryHeader(bytes.NewReader(bad)); !errors.Is(err, errCorruptEntry) {
+			t.Errorf("flipping byte %d: %v, want errCorruptEntry", i, err)
+		}
+	}
+}
+
+// FuzzReadEntryHeader checks that no byte string makes the decoder panic
+// or accept an entry whose fields are impossible.
+func FuzzReadEntryHeader(f *testing.F) {
+	m := entryMeta{Key: "k", Status: 200, bodyLen: 1}
+	meta, _ := encodeMeta(&m)
+	f.Add(append(append(encodeFixedHeader(&m), meta...), 'x'))
+	f.Add([]byte(entryMagic))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		got, err := readEntryHeader(bytes.NewReader(b))
+		if err != nil {
+			return
+		}
+		if got.Key == "" || got.bodyLen < 0 || got.metaLen <= 0 || got.metaLen > maxMetaLen {
+			t.Fatalf("accepted impossible entry %+v", got)
+		}
+	})
+}
+
+func assertNoEntryFiles(t *testing.T, dir string) {
+	t.Helper()
+	time.Sleep(20 * time.Millisecond) // let the last reader release the temp file
+	filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			t.Errorf("unexpected file in the cache: %s", path)
+		}
+		return nil
+	})
+}
+
+func dirBytes(t *testing.T, dir string) int64 {
+	t.Helper()
+	var total int64
+	filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && isEntryName(d.Name()) {
+			if info, err := d.Info(); err == nil {
+				total += info.Size()
+			}
+		}
+		return nil
+	})
+	return total
+}

@@ -1,0 +1,182 @@
+package s3cache
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"net/http"
+	"os"
+	"time"
+)
+
+// An entry file holds one cached response:
+//
+//	fixed header  entryHeaderSize bytes, little endian, CRC-protected
+//	metadata      JSON, metaLen bytes, CRC-protected
+//	body          bodyLen bytes, exactly as S3 sent them
+//
+// The body starts at a known offset so the hit path can hand the file to
+// sendfile(2) from there. The fixed header holds what changes after the
+// entry is written (freshness times on revalidation) so it can be
+// rewritten in place with one small pwrite, like nginx's
+// ngx_http_file_cache_update_header; everything else is written once.
+const (
+	entryMagic      = "S3MCENT1"
+	entryHeaderSize = 8 + 4 + 4 + 8 + 8 + 8 + 32 + 4 // magic, metaLen, metaCRC, storedAt, expiresAt, bodyLen, bodySum, headerCRC
+	maxMetaLen      = 64 << 10
+)
+
+var errCorruptEntry = errors.New("corrupt cache entry")
+
+// entryMeta is what an entry says about its response. It stays in memory
+// in the index, so a hit never reads it from disk.
+type entryMeta struct {
+	Key                string `json:"key"`
+	Status             int    `json:"status"`
+	ContentType        string `json:"content_type,omitempty"`
+	ContentEncoding    string `json:"content_encoding,omitempty"`
+	ContentDisposition string `json:"content_disposition,omitempty"`
+	ContentLanguage    string `json:"content_language,omitempty"`
+	ETag               string `json:"etag,omitempty"`
+	LastModified       string `json:"last_modified,omitempty"`
+
+	// Set in the fixed header, not in the JSON.
+	storedAt  time.Time
+	expiresAt time.Time
+	bodyLen   int64
+	bodySum   [32]byte
+	metaLen   int
+	metaCRC   uint32
+}
+
+// bodyOffset is where the body starts in the entry file.
+func (m *entryMeta) bodyOffset() int64 {
+	return int64(entryHeaderSize + m.metaLen)
+}
+
+// fileSize is the exact size of a complete entry file.
+func (m *entryMeta) fileSize() int64 {
+	return m.bodyOffset() + m.bodyLen
+}
+
+// metaFromUpstream records the headers of an S3 response that the cache
+// will replay. Everything else S3 sent is dropped here, once, rather than
+// on every hit.
+func metaFromUpstream(key string, status int, h http.Header) entryMeta {
+	return entryMeta{
+		Key:                key,
+		Status:             status,
+		ContentType:        h.Get("Content-Type"),
+		ContentEncoding:    h.Get("Content-Encoding"),
+		ContentDisposition: h.Get("Content-Disposition"),
+		ContentLanguage:    h.Get("Content-Language"),
+		ETag:               h.Get("Etag"),
+		LastModified:       h.Get("Last-Modified"),
+	}
+}
+
+// header rebuilds the upstream headers the entry keeps, for the header
+// policy to copy from, as if S3 had just sent them.
+func (m *entryMeta) header() http.Header {
+	h := make(http.Header, 6)
+	set := func(name, v string) {
+		if v != "" {
+			h[name] = []string{v}
+		}
+	}
+	set("Content-Type", m.ContentType)
+	set("Content-Encoding", m.ContentEncoding)
+	set("Content-Disposition", m.ContentDisposition)
+	set("Content-Language", m.ContentLanguage)
+	set("Etag", m.ETag)
+	set("Last-Modified", m.LastModified)
+	return h
+}
+
+// encodeMeta serialises the JSON part; its length is fixed from then on.
+func encodeMeta(m *entryMeta) ([]byte, error) {
+	b, err := json.Marshal(m)
+	if err != nil {
+		return nil, fmt.Errorf("encoding entry metadata: %w", err)
+	}
+	if len(b) > maxMetaLen {
+		return nil, fmt.Errorf("entry metadata is %d bytes, over the %d limit", len(b), maxMetaLen)
+	}
+	m.metaLen = len(b)
+	m.metaCRC = crc32.ChecksumIEEE(b)
+	return b, nil
+}
+
+// encodeFixedHeader renders the fixed header for m, whose JSON part has
+// already been encoded by encodeMeta.
+func encodeFixedHeader(m *entryMeta) []byte {
+	b := make([]byte, entryHeaderSize)
+	copy(b, entryMagic)
+	le := binary.LittleEndian
+	le.PutUint32(b[8:], uint32(m.metaLen))
+	le.PutUint32(b[12:], m.metaCRC)
+	le.PutUint64(b[16:], uint64(m.storedAt.UnixNano()))
+	le.PutUint64(b[24:], uint64(m.expiresAt.UnixNano()))
+	le.PutUint64(b[32:], uint64(m.bodyLen))
+	copy(b[40:72], m.bodySum[:])
+	le.PutUint32(b[72:], crc32.ChecksumIEEE(b[:72]))
+	return b
+}
+
+// readEntryHeader reads and checks the fixed header and metadata of an
+// entry file. It does not read the body: checking the body's checksum is
+// the serving path's job, once per file (see verify in store.go).
+func readEntryHeader(f io.ReaderAt) (entryMeta, error) {
+	var m entryMeta
+	b := make([]byte, entryHeaderSize)
+	if _, err := f.ReadAt(b, 0); err != nil {
+		return m, fmt.Errorf("%w: reading header: %v", errCorruptEntry, err)
+	}
+	le := binary.LittleEndian
+	if string(b[:8]) != entryMagic || le.Uint32(b[72:]) != crc32.ChecksumIEEE(b[:72]) {
+		return m, fmt.Errorf("%w: bad magic or header checksum", errCorruptEntry)
+	}
+	metaLen := int(le.Uint32(b[8:]))
+	if metaLen <= 0 || metaLen > maxMetaLen {
+		return m, fmt.Errorf("%w: metadata length %d", errCorruptEntry, metaLen)
+	}
+	meta := make([]byte, metaLen)
+	if _, err := f.ReadAt(meta, entryHeaderSize); err != nil {
+		return m, fmt.Errorf("%w: reading metadata: %v", errCorruptEntry, err)
+	}
+	if crc32.ChecksumIEEE(meta) != le.Uint32(b[12:]) {
+		return m, fmt.Errorf("%w: metadata checksum", errCorruptEntry)
+	}
+	if err := json.NewDecoder(bytes.NewReader(meta)).Decode(&m); err != nil {
+		return m, fmt.Errorf("%w: decoding metadata: %v", errCorruptEntry, err)
+	}
+	m.metaLen = metaLen
+	m.metaCRC = le.Uint32(b[12:])
+	m.storedAt = time.Unix(0, int64(le.Uint64(b[16:])))
+	m.expiresAt = time.Unix(0, int64(le.Uint64(b[24:])))
+	m.bodyLen = int64(le.Uint64(b[32:]))
+	copy(m.bodySum[:], b[40:72])
+	if m.bodyLen < 0 || m.Key == "" || m.Status < 200 || m.Status > 599 {
+		return m, fmt.Errorf("%w: implausible fields", errCorruptEntry)
+	}
+	return m, nil
+}
+
+// rewriteFixedHeader updates an entry's freshness times in place, after a
+// revalidation. One pwrite of a few dozen bytes: a crash leaves either the
+// old or the new header, and a torn one fails its checksum at load.
+func rewriteFixedHeader(path string, m *entryMeta) error {
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteAt(encodeFixedHeader(m), 0)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}

@@ -1,0 +1,628 @@
+package s3cache
+
+import (
+	"container/list"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+)
+
+// stores holds one store per cache directory. A store outlives config
+// reloads: the new config's handlers get the same index, the same fills in
+// flight and the same files, instead of a second store racing the first on
+// one directory. Two sites naming one directory share it too.
+var stores = caddy.NewUsagePool()
+
+// storeLimits are the bounds a store enforces. They may change on reload.
+type storeLimits struct {
+	maxBytes     int64
+	inactiveFor  time.Duration
+	minFreeBytes int64
+}
+
+// store is the disk cache: entry files under dir, sharded by levels like
+// nginx's proxy_cache_path, and an in-memory index of them with an LRU
+// list. Entries are only ever created by renaming a complete temp file, so
+// a reader or a crash never sees a partial entry under its final name.
+type store struct {
+	dir    string
+	tmpDir string
+	levels []int
+	logger *zap.Logger
+
+	// ctx lives as long as the store; fills and background refreshes run
+	// in it, so they survive the request and the config that started them.
+	ctx    context.Context
+	cancel context.CancelFunc
+	loaded chan struct{} // closed when the loader has indexed the directory
+	wg     sync.WaitGroup
+
+	mu       sync.Mutex // guards the fields below
+	limits   storeLimits
+	entries  map[string]*entry // by cache key
+	lru      list.List         // of *entry; front is most recently used
+	used     int64             // bytes of committed entry files
+	reserved int64             // bytes promised to fills in flight
+	fills    map[string]*fill  // fills in flight, by cache key
+	tmpSeq   uint64
+	stats    storeStats
+}
+
+// storeStats are counters for the admin API and metrics.
+type storeStats struct {
+	evictions      int64
+	loadedEntries  int64
+	removedCorrupt int64
+}
+
+// entry is one committed cache entry. Its fields are guarded by store.mu.
+type entry struct {
+	meta     entryMeta
+	path     string
+	lastUsed time.Time
+	elem     *list.Element
+
+	// The identity of the file when its body was last known to match its
+	// checksum. A hit on a file whose identity differs (written by this
+	// process as a new entry, or altered on disk since) is served through
+	// the checksum instead of sendfile, once.
+	verified fileIdentity
+}
+
+// fileIdentity is what fstat says about a file, enough to notice that it
+// has been replaced or rewritten.
+type fileIdentity struct {
+	ino   uint64
+	size  int64
+	mtime int64
+}
+
+func identityOf(info fs.FileInfo) fileIdentity {
+	id := fileIdentity{size: info.Size(), mtime: info.ModTime().UnixNano()}
+	if st, ok := info.Sys().(*syscall.Stat_t); ok {
+		id.ino = st.Ino
+	}
+	return id
+}
+
+// openStore returns the store for dir, creating and loading it on first
+// use. The caller must call releaseStore(dir) when done (in Cleanup).
+func openStore(dir string, levels []int, limits storeLimits, logger *zap.Logger) (*store, error) {
+	val, loaded, err := stores.LoadOrNew(dir, func() (caddy.Destructor, error) {
+		return newStore(dir, levels, limits, logger)
+	})
+	if err != nil {
+		return nil, err
+	}
+	s := val.(*store)
+	if loaded {
+		if !equalLevels(s.levels, levels) {
+			stores.Delete(dir)
+			return nil, fmt.Errorf("cache_dir %s is already in use with levels %s; a different levels needs an empty directory", dir, formatLevels(s.levels))
+		}
+		s.setLimits(limits)
+	}
+	return s, nil
+}
+
+func releaseStore(dir string) {
+	_, _ = stores.Delete(dir)
+}
+
+func newStore(dir string, levels []int, limits storeLimits, logger *zap.Logger) (*store, error) {
+	tmpDir := filepath.Join(dir, "temp")
+	if err := os.MkdirAll(tmpDir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating cache_dir %s: %w (check that Caddy's user may write there)", dir, err)
+	}
+	// Temp files are fills that were in flight when the process died:
+	// none of them is complete, by construction.
+	if err := clearDir(tmpDir); err != nil {
+		return nil, fmt.Errorf("cleaning %s: %w", tmpDir, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &store{
+		dir:     dir,
+		tmpDir:  tmpDir,
+		levels:  levels,
+		logger:  logger.With(zap.String("cache_dir", dir)),
+		ctx:     ctx,
+		cancel:  cancel,
+		loaded:  make(chan struct{}),
+		limits:  limits,
+		entries: make(map[string]*entry),
+		fills:   make(map[string]*fill),
+	}
+	s.wg.Add(2)
+	go s.load()
+	go s.manage()
+	return s, nil
+}
+
+// Destruct stops the store's goroutines when the last config using it is
+// gone. Entries stay on disk for the next start.
+func (s *store) Destruct() error {
+	s.cancel()
+	s.wg.Wait()
+	return nil
+}
+
+func (s *store) setLimits(l storeLimits) {
+	s.mu.Lock()
+	s.limits = l
+	doomed := s.evictUntilUnderLocked(0)
+	s.mu.Unlock()
+	s.removeFiles(doomed)
+}
+
+// hashKey names the entry file of a cache key.
+func hashKey(key string) string {
+	sum := sha256.Sum256([]byte(key))
+	return hex.EncodeToString(sum[:])
+}
+
+// entryPath is where the entry for key lives: like nginx's levels, the
+// directory names are taken from the end of the hash, so "1:2" gives
+// dir/c/29/…29c.
+func (s *store) entryPath(key string) string {
+	h := hashKey(key)
+	parts := []string{s.dir}
+	end := len(h)
+	for _, n := range s.levels {
+		parts = append(parts, h[end-n:end])
+		end -= n
+	}
+	return filepath.Join(append(parts, h)...)
+}
+
+// lookup returns a copy of the entry for key and marks it used. The
+// recency is recorded in memory only: a hit costs no disk write.
+func (s *store) lookup(key string, now time.Time) (entry, bool) {
+	s.mu.Lock()
+	e, ok := s.entries[key]
+	if ok {
+		e.lastUsed = now
+		s.lru.MoveToFront(e.elem)
+		snapshot := *e
+		s.mu.Unlock()
+		return snapshot, true
+	}
+	s.mu.Unlock()
+
+	select {
+	case <-s.loaded:
+		return entry{}, false
+	default:
+	}
+	// The loader has not reached this key yet: look at its file directly,
+	// so a restart with a warm cache serves hits at once.
+	return s.probe(key, now)
+}
+
+// probe indexes the entry file of key, if there is a valid one.
+func (s *store) probe(key string, now time.Time) (entry, bool) {
+	path := s.entryPath(key)
+	m, info, err := readEntryFile(path)
+	if err != nil {
+		if !errors.Is(err, fs.ErrNotExist) {
+			s.discardCorrupt(path, err)
+		}
+		return entry{}, false
+	}
+	if m.Key != key {
+		return entry{}, false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e, ok := s.entries[key]; ok { // the loader got there first
+		return *e, true
+	}
+	e := s.insertLocked(key, path, m, info.Size(), info.ModTime())
+	e.lastUsed = now
+	return *e, true
+}
+
+// readEntryFile opens an entry file and checks its header and size.
+func readEntryFile(path string) (entryMeta, fs.FileInfo, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return entryMeta{}, nil, err
+	}
+	defer f.Close()
+	info, err := f.Stat()
+	if err != nil {
+		return entryMeta{}, nil, err
+	}
+	m, err := readEntryHeader(f)
+	if err != nil {
+		return m, info, err
+	}
+	if info.Size() != m.fileSize() {
+		return m, info, fmt.Errorf("%w: file is %d bytes, header says %d", errCorruptEntry, info.Size(), m.fileSize())
+	}
+	return m, info, nil
+}
+
+// insertLocked adds or replaces the index entry for key.
+func (s *store) insertLocked(key, path string, m entryMeta, size int64, lastUsed time.Time) *entry {
+	if old, ok := s.entries[key]; ok {
+		s.used -= old.meta.fileSize()
+		s.lru.Remove(old.elem)
+	}
+	e := &entry{meta: m, path: path, lastUsed: lastUsed}
+	e.elem = s.lru.PushFront(e)
+	s.entries[key] = e
+	s.used += size
+	return e
+}
+
+// removeLocked drops key from the index and returns its file to delete.
+func (s *store) removeLocked(key string) (string, bool) {
+	e, ok := s.entries[key]
+	if !ok {
+		return "", false
+	}
+	delete(s.entries, key)
+	s.lru.Remove(e.elem)
+	s.used -= e.meta.fileSize()
+	return e.path, true
+}
+
+// remove drops an entry, for a purge or a corrupt file found while serving.
+func (s *store) remove(key string) bool {
+	s.mu.Lock()
+	path, ok := s.removeLocked(key)
+	if ok {
+		// Under the lock: a fill committing the same key renames its
+		// file to the same path, and must not lose it to this remove.
+		_ = os.Remove(path)
+	}
+	s.mu.Unlock()
+	return ok
+}
+
+// discardCorrupt removes a bad entry file, with the warning an operator
+// needs: a disk that corrupts files corrupts other things too.
+func (s *store) discardCorrupt(path string, cause error) {
+	s.logger.Warn("removing corrupt cache entry", zap.String("file", path), zap.Error(cause))
+	s.mu.Lock()
+	s.stats.removedCorrupt++
+	for key, e := range s.entries {
+		if e.path == path {
+			s.removeLocked(key)
+			break
+		}
+	}
+	_ = os.Remove(path)
+	s.mu.Unlock()
+}
+
+// markVerified records that the file at path, with this identity, matched
+// its checksum.
+func (s *store) markVerified(key string, id fileIdentity) {
+	s.mu.Lock()
+	if e, ok := s.entries[key]; ok {
+		e.verified = id
+	}
+	s.mu.Unlock()
+}
+
+// refresh extends an entry's freshness after S3 answered 304 Not Modified.
+func (s *store) refresh(key string, storedAt, expiresAt time.Time) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e, ok := s.entries[key]
+	if !ok {
+		return fmt.Errorf("entry vanished before its refresh")
+	}
+	m := e.meta
+	m.storedAt, m.expiresAt = storedAt, expiresAt
+	if err := rewriteFixedHeader(e.path, &m); err != nil {
+		return fmt.Errorf("updating entry header: %w", err)
+	}
+	e.meta = m
+	// The rewrite changed the file's mtime; the body did not change.
+	if info, err := os.Stat(e.path); err == nil && e.verified != (fileIdentity{}) {
+		e.verified = identityOf(info)
+	}
+	return nil
+}
+
+// reserve promises n bytes to a fill, evicting least-recently-used entries
+// so that committed plus promised bytes stay under max_size. It fails when
+// that cannot be done (the object is larger than the cache, or the space is
+// all promised to other fills): the caller then streams without storing.
+func (s *store) reserve(n int64) bool {
+	s.mu.Lock()
+	if n > s.limits.maxBytes {
+		s.mu.Unlock()
+		return false
+	}
+	doomed := s.evictUntilUnderLocked(n)
+	ok := s.used+s.reserved+n <= s.limits.maxBytes
+	if ok {
+		s.reserved += n
+	}
+	s.mu.Unlock()
+	s.removeFiles(doomed)
+	return ok
+}
+
+func (s *store) unreserve(n int64) {
+	s.mu.Lock()
+	s.reserved -= n
+	s.mu.Unlock()
+}
+
+// evictUntilUnderLocked drops least-recently-used entries until committed
+// plus promised plus extra bytes fit under max_size, and returns their
+// files, which the caller removes with removeFiles. The files are renamed
+// away under the lock, so that a fill committing the same key afterwards
+// cannot have its new file deleted by this eviction.
+func (s *store) evictUntilUnderLocked(extra int64) []string {
+	var doomed []string
+	for s.used+s.reserved+extra > s.limits.maxBytes {
+		back := s.lru.Back()
+		if back == nil {
+			break
+		}
+		e := back.Value.(*entry)
+		if path, ok := s.removeLocked(e.meta.Key); ok {
+			doomed = append(doomed, s.condemnLocked(path))
+			s.stats.evictions++
+		}
+	}
+	return doomed
+}
+
+// condemnLocked moves an entry file into the temp directory under a unique
+// name, so it can be unlinked outside the lock. A rename is much cheaper
+// than an unlink of a large file, which frees its blocks.
+func (s *store) condemnLocked(path string) string {
+	s.tmpSeq++
+	dst := filepath.Join(s.tmpDir, "evicted-"+strconv.FormatUint(s.tmpSeq, 10))
+	if err := os.Rename(path, dst); err != nil {
+		_ = os.Remove(path)
+		return ""
+	}
+	return dst
+}
+
+func (s *store) removeFiles(paths []string) {
+	for _, p := range paths {
+		if p != "" {
+			_ = os.Remove(p)
+		}
+	}
+}
+
+// newTempFile creates a temp file for a fill, in the cache's filesystem so
+// that committing it is a rename.
+func (s *store) newTempFile() (*os.File, error) {
+	return os.CreateTemp(s.tmpDir, "fill-*")
+}
+
+// commit moves a complete temp file into place, indexes it, turns the
+// bytes reserved for it into used bytes and unregisters its fill, all
+// under one lock: a request finds either the fill or the entry, and the
+// size bound is never counted twice. It is the only way an entry is
+// created.
+func (s *store) commit(tmpPath string, m entryMeta, id fileIdentity, reserved int64) error {
+	path := s.entryPath(m.Key)
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return fmt.Errorf("creating entry directory: %w", err)
+	}
+	s.mu.Lock()
+	if err := os.Rename(tmpPath, path); err != nil {
+		s.mu.Unlock()
+		return fmt.Errorf("committing entry: %w", err)
+	}
+	s.reserved -= reserved
+	delete(s.fills, m.Key)
+	e := s.insertLocked(m.Key, path, m, m.fileSize(), time.Now())
+	e.verified = id
+	doomed := s.evictUntilUnderLocked(0)
+	s.mu.Unlock()
+	s.removeFiles(doomed)
+	return nil
+}
+
+// load is nginx's cache loader: it indexes every entry file in the
+// directory, in the background, while requests are served (and probe
+// indexes the keys they ask for first). Files that fail their checks are
+// removed.
+func (s *store) load() {
+	defer s.wg.Done()
+	defer close(s.loaded)
+	start := time.Now()
+	err := filepath.WalkDir(s.dir, func(path string, d fs.DirEntry, err error) error {
+		if s.ctx.Err() != nil {
+			return s.ctx.Err()
+		}
+		if err != nil {
+			return nil // unreadable subdirectory: skip it, keep loading
+		}
+		if d.IsDir() {
+			if path == s.tmpDir {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if !isEntryName(d.Name()) {
+			return nil
+		}
+		s.loadFile(path)
+		return nil
+	})
+	if err != nil && !errors.Is(err, context.Canceled) {
+		s.logger.Warn("cache loader stopped early", zap.Error(err))
+	}
+	s.mu.Lock()
+	n, used := len(s.entries), s.used
+	doomed := s.evictUntilUnderLocked(0)
+	s.mu.Unlock()
+	s.removeFiles(doomed)
+	s.logger.Info("cache index loaded", zap.Int("entries", n), zap.Int64("bytes", used), zap.Duration("took", time.Since(start)))
+}
+
+func (s *store) loadFile(path string) {
+	m, info, err := readEntryFile(path)
+	if err != nil {
+		s.discardCorrupt(path, err)
+		return
+	}
+	if s.entryPath(m.Key) != path {
+		// A file from another levels layout, or renamed by hand.
+		s.discardCorrupt(path, fmt.Errorf("%w: file name does not match its key", errCorruptEntry))
+		return
+	}
+	s.mu.Lock()
+	if _, ok := s.entries[m.Key]; !ok {
+		s.insertLocked(m.Key, path, m, info.Size(), info.ModTime())
+		s.stats.loadedEntries++
+	}
+	s.mu.Unlock()
+}
+
+func isEntryName(name string) bool {
+	if len(name) != 64 {
+		return false
+	}
+	for _, c := range name {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// manage is nginx's cache manager: it evicts entries unused for longer
+// than inactive, and entries in LRU order while the disk has less free
+// space than min_free.
+func (s *store) manage() {
+	defer s.wg.Done()
+	ticker := time.NewTicker(10 * time.Second)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case now := <-ticker.C:
+			s.evictInactive(now)
+			s.keepMinFree()
+		}
+	}
+}
+
+func (s *store) evictInactive(now time.Time) {
+	var doomed []string
+	s.mu.Lock()
+	if s.limits.inactiveFor > 0 {
+		for back := s.lru.Back(); back != nil; back = s.lru.Back() {
+			e := back.Value.(*entry)
+			if now.Sub(e.lastUsed) < s.limits.inactiveFor {
+				break
+			}
+			if path, ok := s.removeLocked(e.meta.Key); ok {
+				doomed = append(doomed, s.condemnLocked(path))
+				s.stats.evictions++
+			}
+		}
+	}
+	s.mu.Unlock()
+	s.removeFiles(doomed)
+}
+
+func (s *store) keepMinFree() {
+	s.mu.Lock()
+	minFree := s.limits.minFreeBytes
+	s.mu.Unlock()
+	if minFree <= 0 {
+		return
+	}
+	for range 1000 { // bounded: at most 1000 evictions per tick
+		free, err := diskFree(s.dir)
+		if err != nil || free >= minFree {
+			return
+		}
+		s.mu.Lock()
+		back := s.lru.Back()
+		var doomed []string
+		if back != nil {
+			if path, ok := s.removeLocked(back.Value.(*entry).meta.Key); ok {
+				doomed = append(doomed, s.condemnLocked(path))
+				s.stats.evictions++
+			}
+		}
+		s.mu.Unlock()
+		if back == nil {
+			return
+		}
+		s.removeFiles(doomed)
+	}
+}
+
+// clearDir removes everything inside dir.
+func clearDir(dir string) error {
+	names, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, n := range names {
+		if err := os.RemoveAll(filepath.Join(dir, n.Name())); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ParseLevels reads nginx's levels syntax: one to three numbers, each 1 or
+// 2, separated by colons. The Caddyfile parser uses it to report a bad
+// value with its line.
+func ParseLevels(s string) ([]int, error) {
+	parts := strings.Split(s, ":")
+	if len(parts) > 3 {
+		return nil, fmt.Errorf("levels %q: at most three levels", s)
+	}
+	levels := make([]int, 0, len(parts))
+	for _, p := range parts {
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 1 || n > 2 {
+			return nil, fmt.Errorf("levels %q: each level is 1 or 2, as in 1:2", s)
+		}
+		levels = append(levels, n)
+	}
+	return levels, nil
+}
+
+func formatLevels(levels []int) string {
+	parts := make([]string, len(levels))
+	for i, n := range levels {
+		parts[i] = strconv.Itoa(n)
+	}
+	return strings.Join(parts, ":")
+}
+
+func equalLevels(a, b []int) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
