@@ -42,6 +42,20 @@ func (h *Handler) cacheKey(key string) string {
 // the key, and is streamed from it.
 func (h *Handler) serveCached(w http.ResponseWriter, r *http.Request, key string) error {
 	ckey := h.cacheKey(key)
+	// Twice at most: the second lookup happens only when an entry was
+	// committed between the first one and joining the fill.
+	for range 2 {
+		err := h.serveCachedOnce(w, r, ckey, key)
+		if !errors.Is(err, errEntryAppeared) {
+			return err
+		}
+	}
+	return h.serveFromOrigin(w, r, key, cacheMiss)
+}
+
+var errEntryAppeared = errors.New("an entry was stored meanwhile")
+
+func (h *Handler) serveCachedOnce(w http.ResponseWriter, r *http.Request, ckey, key string) error {
 	now := time.Now()
 	e, found := h.store.lookup(ckey, now)
 	if found && isFresh(&e.meta, now) {
@@ -76,13 +90,17 @@ func (h *Handler) serveThroughFill(w http.ResponseWriter, r *http.Request, ckey,
 		// on its own, and only the first one stores the object.
 		return h.serveFromOrigin(w, r, key, word)
 	}
-	f, started := h.store.joinOrStart(ckey)
+	var seen time.Time
+	var validators *entryMeta
+	if stale != nil {
+		seen, validators = stale.meta.storedAt, &stale.meta
+	}
+	f, started := h.store.joinOrStart(ckey, seen)
+	if f == nil {
+		return errEntryAppeared
+	}
 	defer f.release()
 	if started {
-		var validators *entryMeta
-		if stale != nil {
-			validators = &stale.meta
-		}
 		go h.runFill(f, key, validators)
 	}
 	if !h.waitReady(r, f) {
@@ -139,7 +157,10 @@ func (h *Handler) waitReady(r *http.Request, f *fill) bool {
 // refreshInBackground starts one refresh of an expired entry, unless one
 // runs already, for use_stale updating.
 func (h *Handler) refreshInBackground(ckey, key string, stale entry) {
-	f, started := h.store.joinOrStart(ckey)
+	f, started := h.store.joinOrStart(ckey, stale.meta.storedAt)
+	if f == nil {
+		return // refreshed meanwhile
+	}
 	f.release() // nobody reads this fill here
 	if started {
 		go h.runFill(f, key, &stale.meta)
@@ -309,16 +330,18 @@ func (h *Handler) streamToStore(f *fill, key string, resp *originResponse, now t
 	}
 	f.startStreaming(m, tmp)
 
-	sum, err := copyBody(f, tmp, resp.body, size)
+	sum, heldBack, err := copyBody(f, tmp, resp.body, size)
 	if err == nil {
 		m.bodySum = sum
-		err = h.finishEntry(tmp, &m, reserved)
-		if err != nil {
-			// Readers already have every byte; only storing failed.
+		if err := h.finishEntry(tmp, &m, reserved); err != nil {
+			// Readers get every byte all the same; only storing failed.
 			h.logger.Warn("cannot commit a cache entry; it will be fetched again", zap.String("key", key), zap.Error(err))
 			h.store.unreserve(reserved)
 			h.store.endFill(f)
 		}
+		// The last bytes are released only now, so a client that has
+		// read the whole object finds it stored on its next request.
+		f.advance(heldBack)
 		f.finish(nil)
 		return
 	}
@@ -342,38 +365,44 @@ func (h *Handler) writeEntryStart(m *entryMeta, metaJSON []byte) (*os.File, erro
 }
 
 // copyBody copies exactly size bytes from S3 to the temp file, making each
-// chunk visible to readers as soon as it is written, and returns the
-// body's SHA-256. A short body is an error: S3 promised size bytes.
-func copyBody(f *fill, tmp *os.File, body io.Reader, size int64) ([32]byte, error) {
+// chunk visible to readers as soon as it is written, except the last one,
+// which it returns the length of for the caller to release after the
+// commit. It returns the body's SHA-256. A short body is an error: S3
+// promised size bytes.
+func copyBody(f *fill, tmp *os.File, body io.Reader, size int64) (sum [32]byte, heldBack int64, err error) {
 	bufp := bufferPool.Get().(*[]byte)
 	defer bufferPool.Put(bufp)
 	buf := *bufp
-	var sum hash.Hash = sha256.New()
+	var hasher hash.Hash = sha256.New()
 	var total int64
 	for {
 		n, rerr := body.Read(buf)
 		if n > 0 {
 			if total+int64(n) > size {
-				return [32]byte{}, fmt.Errorf("S3 sent more than its Content-Length")
+				return sum, 0, fmt.Errorf("S3 sent more than its Content-Length")
 			}
-			sum.Write(buf[:n])
+			hasher.Write(buf[:n])
 			if _, err := tmp.Write(buf[:n]); err != nil {
-				return [32]byte{}, fmt.Errorf("writing cache temp file: %w", err)
+				return sum, 0, fmt.Errorf("writing cache temp file: %w", err)
 			}
 			total += int64(n)
-			f.advance(int64(n))
+			if total < size {
+				f.advance(int64(n))
+			} else {
+				heldBack = int64(n)
+			}
 		}
-		if rerr == io.EOF {
+		if rerr == io.EOF || (rerr == nil && total == size && n == 0) {
 			break
 		}
 		if rerr != nil {
-			return [32]byte{}, rerr
+			return sum, 0, rerr
 		}
 	}
 	if total != size {
-		return [32]byte{}, io.ErrUnexpectedEOF
+		return sum, 0, io.ErrUnexpectedEOF
 	}
-	return [32]byte(sum.Sum(nil)), nil
+	return [32]byte(hasher.Sum(nil)), heldBack, nil
 }
 
 // finishEntry records the checksum in the header and commits the file.

@@ -179,6 +179,7 @@ func TestFillFollowerGetsBytesBeforeLeaderFinishes(t *testing.T) {
 	if n := o.calls.Load(); n != 1 {
 		t.Fatalf("%d S3 requests for %d concurrent clients, want 1", n, clients)
 	}
+	waitStored(t, h, "v/a.mp4")
 	resp, got := get(t, srv.URL+"/v/a.mp4")
 	if resp.Header.Get("X-Cache-Status") != "HIT" || !bytes.Equal(got, data) || o.calls.Load() != 1 {
 		t.Fatalf("after the fill: %s, %d bytes, %d S3 requests", resp.Header.Get("X-Cache-Status"), len(got), o.calls.Load())
@@ -256,6 +257,7 @@ func TestHitAnswersRangesConditionalsAndHead(t *testing.T) {
 	h := newCachedHandler(t, o, t.TempDir(), nil)
 	srv := serve(t, h)
 	get(t, srv.URL+"/v/a.mp4") // fill
+	waitStored(t, h, "v/a.mp4")
 
 	resp, body := get(t, srv.URL+"/v/a.mp4", "Range", "bytes=100-199")
 	if resp.StatusCode != 206 || !bytes.Equal(body, data[100:200]) || resp.Header.Get("Content-Range") != "bytes 100-199/100000" || resp.Header.Get("X-Cache-Status") != "HIT" {
@@ -314,6 +316,7 @@ func TestEvictionKeepsStoreUnderMaxSize(t *testing.T) {
 		if resp.StatusCode != 200 || !bytes.Equal(body, data) {
 			t.Fatalf("object %d: %d", i, resp.StatusCode)
 		}
+		waitStored(t, h, "v/"+strconv.Itoa(i)+".mp4")
 		if used := dirBytes(t, dir); used > maxSize {
 			t.Fatalf("after object %d the cache holds %d bytes, over max_size %d", i, used, maxSize)
 		}
@@ -337,6 +340,7 @@ func TestRestartServesHitsFromDisk(t *testing.T) {
 	h := newCachedHandler(t, o, dir, nil)
 	srv := serve(t, h)
 	get(t, srv.URL+"/v/a.mp4")
+	waitStored(t, h, "v/a.mp4")
 	releaseStore(dir) // the process stops: the store is destroyed
 
 	h2 := newCachedHandler(t, o, dir, nil)
@@ -359,6 +363,7 @@ func TestCorruptEntryIsNeverServed(t *testing.T) {
 	h := newCachedHandler(t, o, dir, nil)
 	srv := serve(t, h)
 	get(t, srv.URL+"/v/a.mp4")
+	waitStored(t, h, "v/a.mp4")
 	e, ok := h.store.lookup(h.cacheKey("v/a.mp4"), time.Now())
 	if !ok {
 		t.Fatal("not stored")
@@ -401,6 +406,7 @@ func TestExpiredEntryRevalidatesOrIsReplaced(t *testing.T) {
 	})
 	srv := serve(t, h)
 	get(t, srv.URL+"/v/a.mp4")
+	waitStored(t, h, "v/a.mp4")
 	time.Sleep(80 * time.Millisecond)
 
 	mu.Lock()
@@ -438,6 +444,7 @@ func TestStaleServedWhenS3Fails(t *testing.T) {
 	})
 	srv := serve(t, h)
 	get(t, srv.URL+"/v/a.mp4")
+	waitStored(t, h, "v/a.mp4")
 	time.Sleep(80 * time.Millisecond)
 	mu.Lock()
 	down = true
@@ -472,6 +479,7 @@ func TestUpdatingServesStaleWhileOneRefreshRuns(t *testing.T) {
 	})
 	srv := serve(t, h)
 	get(t, srv.URL+"/v/a.mp4")
+	waitStored(t, h, "v/a.mp4")
 	time.Sleep(80 * time.Millisecond)
 	for range 5 {
 		resp, body := get(t, srv.URL+"/v/a.mp4")

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"time"
 )
 
 // fill is one S3 fetch of one key, shared by every request that wants the
@@ -169,12 +170,19 @@ func (r *fillReader) Read(p []byte) (int, error) {
 // joinOrStart returns the fill in flight for key, or registers a new one
 // and reports that the caller must run it. Either way the caller holds a
 // reader reference and must call release.
-func (s *store) joinOrStart(key string) (f *fill, started bool) {
+//
+// seen is the storedAt of the entry the caller found (zero if none). If a
+// newer entry was committed since the caller's lookup, joinOrStart returns
+// nil: starting a fill then would fetch an object that is already stored.
+func (s *store) joinOrStart(key string, seen time.Time) (f *fill, started bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if f, ok := s.fills[key]; ok {
 		f.acquire()
 		return f, false
+	}
+	if e, ok := s.entries[key]; ok && e.meta.storedAt.After(seen) {
+		return nil, false
 	}
 	f = newFill(key)
 	f.refs++ // the caller's reader reference

@@ -513,7 +513,7 @@ func isEntryName(name string) bool {
 // space than min_free.
 func (s *store) manage() {
 	defer s.wg.Done()
-	ticker := time.NewTicker(10 * time.Second)
+	ticker := time.NewTicker(s.managerInterval())
 	defer ticker.Stop()
 	for {
 		select {
@@ -524,6 +524,15 @@ func (s *store) manage() {
 			s.keepMinFree()
 		}
 	}
+}
+
+// managerInterval is how often the manager runs: every 10s, or more often
+// for a short inactive, so an entry outlives it by at most a quarter.
+func (s *store) managerInterval() time.Duration {
+	s.mu.Lock()
+	inactive := s.limits.inactiveFor
+	s.mu.Unlock()
+	return min(10*time.Second, max(inactive/4, 250*time.Millisecond))
 }
 
 func (s *store) evictInactive(now time.Time) {
