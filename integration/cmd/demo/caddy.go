@@ -29,7 +29,7 @@ func checkCaddyHasModule(ctx context.Context, bin string) error {
 		return fmt.Errorf("running %s list-modules: %w", bin, err)
 	}
 	if !bytes.Contains(out, []byte(moduleID)) {
-		return fmt.Errorf("%s does not include %s; build it with `xcaddy build --with github.com/s3mediacache/caddy-s3-media-cache=.`", bin, moduleID)
+		return fmt.Errorf("%s does not include %s; build it with scripts/build", bin, moduleID)
 	}
 	return nil
 }
@@ -37,7 +37,7 @@ func checkCaddyHasModule(ctx context.Context, bin string) error {
 // demoCaddyfile is the site the demo serves. The keys come from the
 // environment through placeholders, the way a real deployment should pass
 // them, so the file on disk holds no secret.
-func demoCaddyfile(listen, endpoint, root string) string {
+func demoCaddyfile(listen, endpoint, root, cacheDir string) string {
 	return fmt.Sprintf(`{
 	admin off
 	auto_https off
@@ -52,9 +52,11 @@ http://%s {
 		access_key {env.S3_ACCESS_KEY}
 		secret_key {env.S3_SECRET_KEY}
 		root %s
+		cache_dir %s
+		max_size 1GiB
 	}
 }
-`, listen, demoBucket, endpoint, root)
+`, listen, demoBucket, endpoint, root, cacheDir)
 }
 
 // caddyProcess is the running caddy.

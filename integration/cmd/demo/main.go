@@ -2,7 +2,7 @@
 // a throwaway versitygw S3 server seeded with Mastodon-shaped media, and a
 // Caddy (the binary you built with xcaddy) in front of it.
 //
-//	xcaddy build --with github.com/s3mediacache/caddy-s3-media-cache=.
+//	scripts/build
 //	go run ./integration/cmd/demo --caddy ./caddy
 //
 // It prints curl commands to try, and cleans everything up on Ctrl-C.
@@ -22,7 +22,7 @@ import (
 
 func main() {
 	var opts options
-	flag.StringVar(&opts.caddyBin, "caddy", "", "path of a caddy binary built with this module (xcaddy build --with github.com/s3mediacache/caddy-s3-media-cache=.)")
+	flag.StringVar(&opts.caddyBin, "caddy", "", "path of a caddy binary built with this module (scripts/build)")
 	flag.StringVar(&opts.listen, "listen", "127.0.0.1:8080", "loopback host:port the demo site listens on")
 	flag.Parse()
 
@@ -42,7 +42,7 @@ type options struct {
 // check rejects options the demo cannot honour before anything starts.
 func (o options) check() error {
 	if o.caddyBin == "" {
-		return errors.New("--caddy is required: build one with `xcaddy build --with github.com/s3mediacache/caddy-s3-media-cache=.` and pass ./caddy")
+		return errors.New("--caddy is required: build one with scripts/build and pass ./caddy")
 	}
 	host, _, err := net.SplitHostPort(o.listen)
 	if err != nil {

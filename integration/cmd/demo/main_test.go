@@ -12,14 +12,14 @@ import (
 
 func TestDemoCaddyfileAdapts(t *testing.T) {
 	cfg, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt(
-		[]byte(demoCaddyfile("127.0.0.1:8080", "http://127.0.0.1:7070", "/tmp/root")), nil)
+		[]byte(demoCaddyfile("127.0.0.1:8080", "http://127.0.0.1:7070", "/tmp/root", "/tmp/cache")), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(warnings) > 0 {
 		t.Errorf("warnings: %v", warnings)
 	}
-	for _, want := range []string{`"handler":"s3_media_cache"`, `"root":"/tmp/root"`, `"access_key":"{env.S3_ACCESS_KEY}"`} {
+	for _, want := range []string{`"handler":"s3_media_cache"`, `"root":"/tmp/root"`, `"cache_dir":"/tmp/cache"`, `"access_key":"{env.S3_ACCESS_KEY}"`} {
 		if !strings.Contains(string(cfg), want) {
 			t.Errorf("adapted config lacks %s:\n%s", want, cfg)
 		}

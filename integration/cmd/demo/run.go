@@ -53,7 +53,7 @@ func run(ctx context.Context, opts options) error {
 	}
 
 	caddyfilePath := filepath.Join(workDir, "Caddyfile")
-	caddyfile := demoCaddyfile(opts.listen, gateway.Endpoint(), root)
+	caddyfile := demoCaddyfile(opts.listen, gateway.Endpoint(), root, filepath.Join(workDir, "cache"))
 	if err := os.WriteFile(caddyfilePath, []byte(caddyfile), 0o600); err != nil {
 		return fmt.Errorf("writing %s: %w", caddyfilePath, err)
 	}

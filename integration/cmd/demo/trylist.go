@@ -18,7 +18,8 @@ func printTryList(w io.Writer, listen, caddyfilePath string, m s3test.Manifest) 
 
 	fmt.Fprintf(w, "\ncaddy serves %s with the Caddyfile %s\n\nTry:\n\n", base, caddyfilePath)
 	tries := []struct{ what, cmd string }{
-		{"an image from S3 (X-Cache-Status: MISS)", headers("", png.Key)},
+		{"an image from S3 (X-Cache-Status: MISS the first time)", headers("", png.Key)},
+		{"the same image again, from the disk cache (X-Cache-Status: HIT)", headers("", png.Key)},
 		{"HEAD: Content-Length, no body", "curl -I " + u(png.Key)},
 		{"a byte range (206)", headers("-H 'Range: bytes=0-15' ", png.Key)},
 		{"revalidation (304)", fmt.Sprintf("curl -i -H 'If-None-Match: %s' %s", png.ETag, u(png.Key))},
