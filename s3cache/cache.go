@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -27,6 +28,9 @@ const (
 )
 
 var (
+	// errCacheWrite ends a fill whose temp file could not be written
+	// (disk full, I/O error): its readers resume from S3 instead.
+	errCacheWrite     = errors.New("writing the cache failed")
 	errEntryGone      = errors.New("cache entry disappeared")
 	errCachedNotFound = errors.New("no such key (cached answer)")
 )
@@ -111,7 +115,10 @@ func (h *Handler) serveThroughFill(w http.ResponseWriter, r *http.Request, ckey,
 
 	switch f.outcome {
 	case fillStreaming:
-		h.respondStored(w, r, &f.meta, word, fillBody{f: f, ctx: r.Context()})
+		resume := func(off, n int64) (io.ReadCloser, error) {
+			return h.resumeFromOrigin(r, key, f.meta.ETag, off, n)
+		}
+		h.respondStored(w, r, &f.meta, word, fillBody{f: f, ctx: r.Context(), resume: resume})
 		return nil
 	case fillNegative:
 		h.policy.decorate(w.Header(), http.StatusNotFound, word, time.Now())
@@ -133,6 +140,29 @@ func (h *Handler) serveThroughFill(w http.ResponseWriter, r *http.Request, ckey,
 	default: // fillUncacheable
 		return h.serveFromOrigin(w, r, key, word)
 	}
+}
+
+// resumeFromOrigin fetches the rest of a body from S3 for a reader whose
+// fill could not be written to disk: bytes [off, off+n) of the same
+// version (If-Match on its ETag), so the client never notices.
+func (h *Handler) resumeFromOrigin(r *http.Request, key, etag string, off, n int64) (io.ReadCloser, error) {
+	req := originRequest{
+		key:       key,
+		rangeSpec: "bytes=" + strconv.FormatInt(off, 10) + "-" + strconv.FormatInt(off+n-1, 10),
+		ifMatch:   etag,
+	}
+	resp, err := h.origin.fetch(r.Context(), req)
+	if err != nil {
+		return nil, err
+	}
+	want := "bytes " + strconv.FormatInt(off, 10) + "-"
+	if resp.status != http.StatusPartialContent || resp.body == nil || !strings.HasPrefix(resp.header.Get("Content-Range"), want) {
+		if resp.body != nil {
+			resp.body.Close()
+		}
+		return nil, fmt.Errorf("resuming from S3: got status %d", resp.status)
+	}
+	return resp.body, nil
 }
 
 // waitReady waits for the fill's headers, at most lock_timeout.
@@ -345,6 +375,9 @@ func (h *Handler) streamToStore(f *fill, key string, resp *originResponse, now t
 		f.finish(nil)
 		return
 	}
+	if errors.Is(err, errCacheWrite) {
+		h.logger.Warn("cannot write to the cache (disk full?); readers continue from S3", zap.String("key", key), zap.Error(err))
+	}
 	h.store.unreserve(reserved)
 	h.store.endFill(f)
 	f.finish(err)
@@ -383,7 +416,7 @@ func copyBody(f *fill, tmp *os.File, body io.Reader, size int64) (sum [32]byte, 
 			}
 			hasher.Write(buf[:n])
 			if _, err := tmp.Write(buf[:n]); err != nil {
-				return sum, 0, fmt.Errorf("writing cache temp file: %w", err)
+				return sum, 0, fmt.Errorf("%w: %w", errCacheWrite, err)
 			}
 			total += int64(n)
 			if total < size {

@@ -34,14 +34,43 @@ func (b fileBody) section(off, n int64) (io.Reader, error) {
 	return io.LimitReader(b.f, n), nil
 }
 
-// fillBody is a body still being fetched; reads wait for the bytes.
+// fillBody is a body still being fetched; reads wait for the bytes. If
+// the fill cannot write them to disk, resume fetches the rest from S3.
 type fillBody struct {
-	f   *fill
-	ctx context.Context
+	f      *fill
+	ctx    context.Context
+	resume func(off, n int64) (io.ReadCloser, error)
 }
 
 func (b fillBody) section(off, n int64) (io.Reader, error) {
-	return b.f.section(b.ctx, off, n), nil
+	return &resumingReader{r: b.f.section(b.ctx, off, n), off: off, end: off + n, resume: b.resume}, nil
+}
+
+// resumingReader reads a section of a fill and, if the fill fails to
+// write the cache, switches once to a ranged S3 read for the rest.
+type resumingReader struct {
+	r        io.Reader
+	off, end int64
+	resume   func(off, n int64) (io.ReadCloser, error)
+	resumed  io.ReadCloser
+}
+
+func (rr *resumingReader) Read(p []byte) (int, error) {
+	n, err := rr.r.Read(p)
+	rr.off += int64(n)
+	if rr.resumed != nil && err != nil {
+		rr.resumed.Close()
+	}
+	if err == nil || rr.resume == nil || !errors.Is(err, errCacheWrite) {
+		return n, err
+	}
+	body, rerr := rr.resume(rr.off, rr.end-rr.off)
+	rr.resume = nil
+	if rerr != nil {
+		return n, rerr
+	}
+	rr.r, rr.resumed = io.LimitReader(body, rr.end-rr.off), body
+	return n, nil
 }
 
 // respondStored answers a GET or HEAD from a stored representation, from

@@ -229,8 +229,7 @@ func (s *store) probe(key string, now time.Time) (entry, bool) {
 	if e, ok := s.entries[key]; ok { // the loader got there first
 		return *e, true
 	}
-	e := s.insertLocked(key, path, m, info.Size(), info.ModTime())
-	e.lastUsed = now
+	e := s.insertLocked(key, path, m, info.Size(), now)
 	return *e, true
 }
 
@@ -490,7 +489,10 @@ func (s *store) loadFile(path string) {
 	}
 	s.mu.Lock()
 	if _, ok := s.entries[m.Key]; !ok {
-		s.insertLocked(m.Key, path, m, info.Size(), info.ModTime())
+		// Last use is not on disk (a hit writes nothing), so a loaded
+		// entry counts as used now, as in nginx's loader: a restart
+		// must not evict everything stored more than inactive ago.
+		s.insertLocked(m.Key, path, m, info.Size(), time.Now())
 		s.stats.loadedEntries++
 	}
 	s.mu.Unlock()
