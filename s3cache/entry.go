@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"strconv"
 	"time"
 )
 
@@ -51,6 +52,15 @@ type entryMeta struct {
 	bodySum   [32]byte
 	metaLen   int
 	metaCRC   uint32
+	lengthStr string // bodyLen in decimal, kept for Content-Length on hits
+}
+
+// lengthOf is the Content-Length of a section of the body.
+func (m *entryMeta) lengthOf(br byteRange) string {
+	if br.start == 0 && br.length == m.bodyLen && m.lengthStr != "" {
+		return m.lengthStr
+	}
+	return strconv.FormatInt(br.length, 10)
 }
 
 // bodyOffset is where the body starts in the entry file.
@@ -77,24 +87,6 @@ func metaFromUpstream(key string, status int, h http.Header) entryMeta {
 		ETag:               h.Get("Etag"),
 		LastModified:       h.Get("Last-Modified"),
 	}
-}
-
-// header rebuilds the upstream headers the entry keeps, for the header
-// policy to copy from, as if S3 had just sent them.
-func (m *entryMeta) header() http.Header {
-	h := make(http.Header, 6)
-	set := func(name, v string) {
-		if v != "" {
-			h[name] = []string{v}
-		}
-	}
-	set("Content-Type", m.ContentType)
-	set("Content-Encoding", m.ContentEncoding)
-	set("Content-Disposition", m.ContentDisposition)
-	set("Content-Language", m.ContentLanguage)
-	set("Etag", m.ETag)
-	set("Last-Modified", m.LastModified)
-	return h
 }
 
 // encodeMeta serialises the JSON part; its length is fixed from then on.

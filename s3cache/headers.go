@@ -4,6 +4,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"sync/atomic"
 	"time"
 )
 
@@ -38,27 +39,40 @@ var keptHeaders = []string{
 // add. It is built once at Provision, so the request path only copies
 // strings.
 type headerPolicy struct {
-	keep   []string // canonical names of the S3 headers copied to clients
-	hidden []string // canonical names of kept headers switched off by hide_header
+	keep   []string        // canonical names of the S3 headers copied to clients
+	hidden []string        // canonical names of kept headers switched off by hide_header
+	hide   map[string]bool // hidden, as a set
 
 	cacheControl string        // "" sends none
 	expiresAfter time.Duration // 0 sends no Expires
 	corsOrigin   string        // "" sends no Access-Control-Allow-Origin
 	csp          string        // "" sends no Content-Security-Policy
 	nosniff      bool
+
+	expires *expiresCache
+}
+
+// expiresCache holds the Expires value of the current second: formatting
+// an HTTP date on every hit costs more than the rest of the header work.
+type expiresCache struct {
+	stamp atomic.Pointer[expiresStamp]
+}
+
+type expiresStamp struct {
+	unix  int64
+	value string
 }
 
 // newHeaderPolicy builds a policy; hidden names are removed from the kept
 // set, like nginx's proxy_hide_header.
 func newHeaderPolicy(hidden []string) headerPolicy {
-	hide := make(map[string]bool, len(hidden))
+	p := headerPolicy{hide: make(map[string]bool, len(hidden)), expires: &expiresCache{}}
 	for _, name := range hidden {
-		hide[http.CanonicalHeaderKey(name)] = true
+		p.hide[http.CanonicalHeaderKey(name)] = true
 	}
-	p := headerPolicy{}
 	for _, name := range keptHeaders {
 		name = http.CanonicalHeaderKey(name)
-		if hide[name] {
+		if p.hide[name] {
 			p.hidden = append(p.hidden, name)
 		} else {
 			p.keep = append(p.keep, name)
@@ -76,31 +90,75 @@ func (p *headerPolicy) copyUpstream(dst, upstream http.Header) {
 	}
 }
 
+// headerValues hands out one-element value slices from a single backing
+// array: one allocation per response instead of one per header. Each slice
+// has its capacity capped, so a later handler's Add copies rather than
+// writing over its neighbour.
+type headerValues struct {
+	backing []string
+}
+
+func (hv *headerValues) set(h http.Header, name, value string) {
+	hv.backing = append(hv.backing, value)
+	n := len(hv.backing)
+	h[name] = hv.backing[n-1 : n : n]
+}
+
+// copyMeta writes the kept headers of a cached entry into dst: the same
+// result as copyUpstream on the headers S3 sent, without rebuilding them.
+func (p *headerPolicy) copyMeta(dst http.Header, m *entryMeta) {
+	hv := headerValues{backing: make([]string, 0, 6)}
+	for _, f := range [...]struct{ name, value string }{
+		{"Content-Type", m.ContentType},
+		{"Content-Encoding", m.ContentEncoding},
+		{"Content-Disposition", m.ContentDisposition},
+		{"Content-Language", m.ContentLanguage},
+		{"Etag", m.ETag},
+		{"Last-Modified", m.LastModified},
+	} {
+		if f.value != "" && !p.hide[f.name] {
+			hv.set(dst, f.name, f.value)
+		}
+	}
+}
+
 // decorate adds our headers for a response with the given status. Only
 // successful and not-modified responses are made cacheable by browsers and
 // CDNs for a year; an error must never be pinned for that long. The
 // cross-origin and CSP headers follow the same rule, as in the recipe,
 // where add_header without "always" applies to 2xx and 3xx only.
 func (p *headerPolicy) decorate(h http.Header, status int, cacheStatus string, now time.Time) {
-	h["X-Cache-Status"] = []string{cacheStatus}
+	hv := headerValues{backing: make([]string, 0, 6)}
+	hv.set(h, "X-Cache-Status", cacheStatus)
 	if p.nosniff {
-		h["X-Content-Type-Options"] = []string{"nosniff"}
+		hv.set(h, "X-Content-Type-Options", "nosniff")
 	}
 	if status >= 400 {
 		return
 	}
 	if p.cacheControl != "" {
-		h["Cache-Control"] = []string{p.cacheControl}
+		hv.set(h, "Cache-Control", p.cacheControl)
 	}
 	if p.expiresAfter > 0 {
-		h["Expires"] = []string{now.Add(p.expiresAfter).UTC().Format(http.TimeFormat)}
+		hv.set(h, "Expires", p.expiresValue(now))
 	}
 	if p.corsOrigin != "" {
-		h["Access-Control-Allow-Origin"] = []string{p.corsOrigin}
+		hv.set(h, "Access-Control-Allow-Origin", p.corsOrigin)
 	}
 	if p.csp != "" {
-		h["Content-Security-Policy"] = []string{p.csp}
+		hv.set(h, "Content-Security-Policy", p.csp)
 	}
+}
+
+// expiresValue is now + expires as an HTTP date, formatted once a second.
+func (p *headerPolicy) expiresValue(now time.Time) string {
+	sec := now.Unix()
+	if s := p.expires.stamp.Load(); s != nil && s.unix == sec {
+		return s.value
+	}
+	v := now.Add(p.expiresAfter).UTC().Format(http.TimeFormat)
+	p.expires.stamp.Store(&expiresStamp{unix: sec, value: v})
+	return v
 }
 
 // hideLocal removes the hidden headers that the local-file path sets itself

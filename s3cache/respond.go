@@ -80,7 +80,7 @@ func (rr *resumingReader) Read(p []byte) (int, error) {
 func (h *Handler) respondStored(w http.ResponseWriter, r *http.Request, m *entryMeta, cacheStatus string, src bodySource) {
 	now := time.Now()
 	hdr := w.Header()
-	h.policy.copyUpstream(hdr, m.header())
+	h.policy.copyMeta(hdr, m)
 	size := m.bodyLen
 
 	if status := preconditionStatus(r, m.ETag, m.LastModified); status != 0 {
@@ -104,10 +104,10 @@ func (h *Handler) respondStored(w http.ResponseWriter, r *http.Request, m *entry
 
 	switch len(ranges) {
 	case 0:
-		h.writeSection(w, r, http.StatusOK, cacheStatus, now, src, byteRange{0, size}, m.Key)
+		h.writeSection(w, r, m, http.StatusOK, cacheStatus, now, src, byteRange{0, size})
 	case 1:
 		hdr.Set("Content-Range", ranges[0].contentRange(size))
-		h.writeSection(w, r, http.StatusPartialContent, cacheStatus, now, src, ranges[0], m.Key)
+		h.writeSection(w, r, m, http.StatusPartialContent, cacheStatus, now, src, ranges[0])
 	default:
 		h.writeMultipart(w, m, cacheStatus, now, src, ranges)
 	}
@@ -124,9 +124,10 @@ func (h *Handler) writeBodiless(w http.ResponseWriter, status int, cacheStatus s
 	w.WriteHeader(status)
 }
 
-func (h *Handler) writeSection(w http.ResponseWriter, r *http.Request, status int, cacheStatus string, now time.Time, src bodySource, br byteRange, key string) {
+func (h *Handler) writeSection(w http.ResponseWriter, r *http.Request, m *entryMeta, status int, cacheStatus string, now time.Time, src bodySource, br byteRange) {
+	key := m.Key
 	hdr := w.Header()
-	hdr["Content-Length"] = []string{strconv.FormatInt(br.length, 10)}
+	hdr["Content-Length"] = []string{m.lengthOf(br)}
 	h.policy.decorate(hdr, status, cacheStatus, now)
 	w.WriteHeader(status)
 	if r.Method == http.MethodHead || br.length == 0 {

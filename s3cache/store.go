@@ -260,6 +260,7 @@ func (s *store) insertLocked(key, path string, m entryMeta, size int64, lastUsed
 		s.used -= old.meta.fileSize()
 		s.lru.Remove(old.elem)
 	}
+	m.lengthStr = strconv.FormatInt(m.bodyLen, 10)
 	e := &entry{meta: m, path: path, lastUsed: lastUsed}
 	e.elem = s.lru.PushFront(e)
 	s.entries[key] = e
