@@ -63,6 +63,8 @@ func parseDirective(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		revalidate on|off
 //		use_stale <condition>...|off
 //		ignore_headers Cache-Control|Expires...
+//		purge_header <name> <secret>
+//		purge_method <method>
 //	}
 //
 // The matcher, if any, has already been consumed by the Helper.
@@ -160,6 +162,14 @@ func Unmarshal(d *caddyfile.Dispenser, h *s3cache.Handler) error {
 			if len(h.IgnoreHeaders) == 0 {
 				return d.Errf("s3_media_cache: ignore_headers needs Cache-Control, Expires or both")
 			}
+		case "purge_header":
+			args := d.RemainingArgs()
+			if len(args) != 2 || args[0] == "" || args[1] == "" {
+				return d.Errf("s3_media_cache: purge_header takes a header name and a secret, as in: purge_header Secret-Header {env.CACHE_BUSTER_SECRET}")
+			}
+			h.PurgeHeader, h.PurgeSecret = args[0], args[1]
+		case "purge_method":
+			h.PurgeMethod, err = oneArg(d)
 		case "hide_header":
 			names := d.RemainingArgs()
 			if len(names) == 0 {

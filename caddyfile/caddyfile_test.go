@@ -86,6 +86,8 @@ func TestUnmarshalCacheOptions(t *testing.T) {
 		revalidate off
 		use_stale error timeout updating http_500 http_502 http_503 http_504
 		ignore_headers Cache-Control Expires
+		purge_header Cache-Buster-Secret {env.CACHE_BUSTER_SECRET}
+		purge_method POST
 	}`
 	var got s3cache.Handler
 	if err := Unmarshal(caddyfile.NewTestDispenser(input), &got); err != nil {
@@ -105,6 +107,9 @@ func TestUnmarshalCacheOptions(t *testing.T) {
 		DisableRevalidate: true,
 		UseStale:          []string{"error", "timeout", "updating", "http_500", "http_502", "http_503", "http_504"},
 		IgnoreHeaders:     []string{"Cache-Control", "Expires"},
+		PurgeHeader:       "Cache-Buster-Secret",
+		PurgeSecret:       "{env.CACHE_BUSTER_SECRET}",
+		PurgeMethod:       "POST",
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("got  %+v\nwant %+v", got, want)
@@ -147,6 +152,7 @@ func TestUnmarshalErrorsNameLineAndOption(t *testing.T) {
 		{"bad lock", "s3_media_cache {\n\tbucket a\n\tlock sometimes\n}", []string{"Testfile:3", "lock", "on or off"}},
 		{"anonymous with keys", "s3_media_cache {\n\tbucket a\n\tanonymous\n\taccess_key k\n\tsecret_key s\n}", []string{"Testfile:", "anonymous cannot be combined"}},
 		{"access key alone", "s3_media_cache {\n\tbucket a\n\taccess_key k\n}", []string{"Testfile:", "must be set together"}},
+		{"purge_header without secret", "s3_media_cache {\n\tbucket a\n\tpurge_header X-Secret\n}", []string{"Testfile:3", "purge_header takes a header name and a secret"}},
 		{"option with a block", "s3_media_cache {\n\tbucket a {\n\t\tx\n\t}\n}", []string{"bucket does not take a block"}},
 	}
 	for _, tt := range tests {

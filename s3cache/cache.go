@@ -363,9 +363,13 @@ func (h *Handler) streamToStore(f *fill, key string, resp *originResponse, now t
 	sum, heldBack, err := copyBody(f, tmp, resp.body, size)
 	if err == nil {
 		m.bodySum = sum
-		if err := h.finishEntry(tmp, &m, reserved); err != nil {
+		if err := h.finishEntry(f, tmp, &m, reserved); err != nil {
 			// Readers get every byte all the same; only storing failed.
-			h.logger.Warn("cannot commit a cache entry; it will be fetched again", zap.String("key", key), zap.Error(err))
+			if errors.Is(err, errPurged) {
+				h.logger.Debug("fill purged while running; not stored", zap.String("key", key))
+			} else {
+				h.logger.Warn("cannot commit a cache entry; it will be fetched again", zap.String("key", key), zap.Error(err))
+			}
 			h.store.unreserve(reserved)
 			h.store.endFill(f)
 		}
@@ -439,7 +443,7 @@ func copyBody(f *fill, tmp *os.File, body io.Reader, size int64) (sum [32]byte, 
 }
 
 // finishEntry records the checksum in the header and commits the file.
-func (h *Handler) finishEntry(tmp *os.File, m *entryMeta, reserved int64) error {
+func (h *Handler) finishEntry(f *fill, tmp *os.File, m *entryMeta, reserved int64) error {
 	if _, err := tmp.WriteAt(encodeFixedHeader(m), 0); err != nil {
 		return fmt.Errorf("writing entry header: %w", err)
 	}
@@ -447,7 +451,7 @@ func (h *Handler) finishEntry(tmp *os.File, m *entryMeta, reserved int64) error 
 	if err != nil {
 		return err
 	}
-	return h.store.commit(tmp.Name(), *m, identityOf(info), reserved)
+	return h.store.commit(f, tmp.Name(), *m, identityOf(info), reserved)
 }
 
 // storeNegative caches S3's "no such key" for ttl, as an entry without a
@@ -470,7 +474,7 @@ func (h *Handler) storeNegative(f *fill, now time.Time, ttl time.Duration) (entr
 	defer tmp.Close()
 	info, err := tmp.Stat()
 	if err == nil {
-		err = h.store.commit(tmp.Name(), m, identityOf(info), m.fileSize())
+		err = h.store.commit(f, tmp.Name(), m, identityOf(info), m.fileSize())
 	}
 	if err != nil {
 		h.store.unreserve(m.fileSize())

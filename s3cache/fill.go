@@ -33,6 +33,8 @@ type fill struct {
 	bodyErr  error      // the body failed after the headers were sent
 	progress chan struct{}
 	refs     int // users of file: the writer and each reader
+
+	purged bool // guarded by store.mu: the key was purged; do not commit
 }
 
 // fillOutcome is what became of a fill once S3 answered.

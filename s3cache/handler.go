@@ -6,6 +6,8 @@ package s3cache
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/subtle"
 	"errors"
 	"fmt"
 	"io"
@@ -179,6 +181,20 @@ type Handler struct {
 	// is not media metadata, like nginx's proxy_hide_header.
 	HideHeaders []string `json:"hide_headers,omitempty"`
 
+	// Request header of Mastodon's cache buster
+	// (CACHE_BUSTER_SECRET_HEADER). A request carrying it with
+	// PurgeSecret, by PurgeMethod, removes the object from the cache
+	// and is answered 204 with no body. Default: none (no purging by
+	// request).
+	PurgeHeader string `json:"purge_header,omitempty"`
+
+	// The cache buster's secret (CACHE_BUSTER_SECRET). Placeholders are
+	// resolved; it is compared in constant time and never logged.
+	PurgeSecret string `json:"purge_secret,omitempty"`
+
+	// Method of purge requests (CACHE_BUSTER_HTTP_METHOD). Default: GET.
+	PurgeMethod string `json:"purge_method,omitempty"`
+
 	prefix      string
 	stripPrefix string
 	originCfg   originConfig
@@ -187,6 +203,10 @@ type Handler struct {
 	localRoot   *os.Root
 	policy      headerPolicy
 	logger      *zap.Logger
+
+	purgeHeader    string
+	purgeSecretSum [32]byte // SHA-256 of the secret: equal-length constant-time compare
+	purgeMethod    string
 
 	store          *store // nil without cache_dir
 	storeDir       string
@@ -246,6 +266,18 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 
 	if err := h.buildFreshness(); err != nil {
 		return err
+	}
+	if h.PurgeHeader != "" {
+		secret := resolve(h.PurgeSecret)
+		if secret == "" {
+			return errors.New("s3_media_cache: purge_header needs a non-empty secret")
+		}
+		h.purgeHeader = http.CanonicalHeaderKey(h.PurgeHeader)
+		h.purgeSecretSum = sha256.Sum256([]byte(secret))
+		h.purgeMethod = strings.ToUpper(h.PurgeMethod)
+		if h.purgeMethod == "" {
+			h.purgeMethod = http.MethodGet
+		}
 	}
 	if h.CacheDir != "" {
 		if err := h.openCache(resolve(h.CacheDir)); err != nil {
@@ -426,6 +458,9 @@ func (h *Handler) Cleanup() error {
 // ServeHTTP answers a media request. It reads top to bottom: method check,
 // path check, local file, then the object from S3.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	if h.purgeHeader != "" && h.isPurge(r) {
+		return h.servePurge(w, r)
+	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET, HEAD")
 		h.policy.decorate(w.Header(), http.StatusMethodNotAllowed, cacheBypass, time.Now())
@@ -451,6 +486,42 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 }
 
 var errMethodNotAllowed = errors.New("method not allowed: media is read-only")
+
+// isPurge reports whether r is a cache-buster request with the right
+// secret. A request with the header but the wrong secret is logged and
+// then served as an ordinary request, as Mastodon's media would be.
+func (h *Handler) isPurge(r *http.Request) bool {
+	v, ok := r.Header[h.purgeHeader]
+	if !ok {
+		return false
+	}
+	sum := sha256.Sum256([]byte(strings.Join(v, ",")))
+	if subtle.ConstantTimeCompare(sum[:], h.purgeSecretSum[:]) == 1 && r.Method == h.purgeMethod {
+		return true
+	}
+	h.logger.Warn("cache purge request with a wrong secret or method; serving it as an ordinary request",
+		zap.String("method", r.Method), zap.String("path", r.URL.Path), zap.String("remote_addr", r.RemoteAddr))
+	return false
+}
+
+// servePurge removes the requested object from the cache, and any fill
+// of it in flight, and answers 204 without a body. Local files under root
+// are not touched: they are Mastodon's own.
+func (h *Handler) servePurge(w http.ResponseWriter, r *http.Request) error {
+	rel, err := objectPath(r.URL, h.stripPrefix)
+	if err != nil {
+		status := statusForPathError(err)
+		h.policy.decorate(w.Header(), status, cacheBypass, time.Now())
+		return caddyhttp.Error(status, err)
+	}
+	if h.store != nil {
+		removed := h.store.purge(h.cacheKey(objectKey(h.prefix, rel)))
+		h.logger.Info("purged by cache buster", zap.String("path", rel), zap.Bool("was_cached", removed))
+	}
+	h.policy.decorate(w.Header(), http.StatusNoContent, cacheBypass, time.Now())
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
 
 // serveLocal serves rel from the local root if it is a regular file there,
 // and reports whether it did. http.ServeContent answers Range (single and

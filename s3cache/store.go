@@ -63,6 +63,7 @@ type store struct {
 
 // storeStats are counters for the admin API and metrics.
 type storeStats struct {
+	purges         int64
 	evictions      int64
 	loadedEntries  int64
 	removedCorrupt int64
@@ -414,29 +415,83 @@ func (s *store) newTempFile() (*os.File, error) {
 	return os.CreateTemp(s.tmpDir, "fill-*")
 }
 
-// commit moves a complete temp file into place, indexes it, turns the
-// bytes reserved for it into used bytes and unregisters its fill, all
-// under one lock: a request finds either the fill or the entry, and the
+// errPurged is returned by commit for a fill whose key was purged while
+// it ran: its bytes predate the purge and must not be stored.
+var errPurged = errors.New("purged while being fetched")
+
+// commit moves the complete temp file of fill f into place, indexes it,
+// turns the bytes reserved for it into used bytes and unregisters the fill,
+// all under one lock: a request finds either the fill or the entry, and the
 // size bound is never counted twice. It is the only way an entry is
 // created.
-func (s *store) commit(tmpPath string, m entryMeta, id fileIdentity, reserved int64) error {
+func (s *store) commit(f *fill, tmpPath string, m entryMeta, id fileIdentity, reserved int64) error {
 	path := s.entryPath(m.Key)
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return fmt.Errorf("creating entry directory: %w", err)
 	}
 	s.mu.Lock()
+	if f.purged {
+		s.mu.Unlock()
+		return errPurged
+	}
 	if err := os.Rename(tmpPath, path); err != nil {
 		s.mu.Unlock()
 		return fmt.Errorf("committing entry: %w", err)
 	}
 	s.reserved -= reserved
-	delete(s.fills, m.Key)
+	if s.fills[f.key] == f {
+		delete(s.fills, f.key)
+	}
 	e := s.insertLocked(m.Key, path, m, m.fileSize(), time.Now())
 	e.verified = id
 	doomed := s.evictUntilUnderLocked(0)
 	s.mu.Unlock()
 	s.removeFiles(doomed)
 	return nil
+}
+
+// purge removes the entry of key and detaches its fill in flight, if any,
+// so that the fill's bytes are never stored and the next request fetches
+// the object afresh. Readers already streaming from the fill finish.
+func (s *store) purge(key string) (removed bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if path, ok := s.removeLocked(key); ok {
+		_ = os.Remove(path)
+		removed = true
+	}
+	if f, ok := s.fills[key]; ok {
+		f.purged = true
+		delete(s.fills, key)
+		removed = true
+	}
+	s.stats.purges++
+	return removed
+}
+
+// purgePrefix purges every entry and fill whose key starts with prefix,
+// and returns how many there were.
+func (s *store) purgePrefix(prefix string) int {
+	s.mu.Lock()
+	var keys []string
+	for key := range s.entries {
+		if strings.HasPrefix(key, prefix) {
+			keys = append(keys, key)
+		}
+	}
+	for key := range s.fills {
+		if strings.HasPrefix(key, prefix) {
+			keys = append(keys, key)
+		}
+	}
+	s.mu.Unlock()
+	n := 0
+	for _, key := range keys {
+		if s.purge(key) {
+			n++
+		}
+	}
+	return n
 }
 
 // load is nginx's cache loader: it indexes every entry file in the
