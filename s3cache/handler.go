@@ -208,7 +208,8 @@ type Handler struct {
 	purgeSecretSum [32]byte // SHA-256 of the secret: equal-length constant-time compare
 	purgeMethod    string
 
-	store          *store // nil without cache_dir
+	metrics        *metrics // nil in unit tests
+	store          *store   // nil without cache_dir
 	storeDir       string
 	fresh          freshnessPolicy
 	maxObjectBytes int64
@@ -292,6 +293,12 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 		h.origin, h.closeOrigin = o, o.close
 	}
+	m, err := newMetrics(ctx.GetMetricsRegistry())
+	if err != nil {
+		return fmt.Errorf("s3_media_cache: registering metrics: %w", err)
+	}
+	h.metrics = m
+	h.origin = instrumentedOrigin{origin: h.origin, m: m}
 	h.logger.Info("serving media from S3",
 		zap.Bool("path_style", h.originCfg.pathStyle),
 		zap.Bool("anonymous", h.originCfg.anonymous),
@@ -369,7 +376,12 @@ func (h *Handler) openCache(dir string) error {
 		return fmt.Errorf("s3_media_cache: %w", err)
 	}
 	h.store, h.storeDir = s, dir
+	s.addMapping(h.keyMapping())
 	return nil
+}
+
+func (h *Handler) keyMapping() keyMapping {
+	return keyMapping{bucket: h.originCfg.bucket, prefix: h.prefix, stripPrefix: h.stripPrefix}
 }
 
 // openRoot opens the local fallthrough directory. A missing directory is
@@ -444,6 +456,7 @@ func (h *Handler) Validate() error {
 // Cleanup releases what Provision opened.
 func (h *Handler) Cleanup() error {
 	if h.store != nil {
+		h.store.removeMapping(h.keyMapping())
 		releaseStore(h.storeDir)
 	}
 	if h.closeOrigin != nil {
@@ -455,9 +468,28 @@ func (h *Handler) Cleanup() error {
 	return nil
 }
 
-// ServeHTTP answers a media request. It reads top to bottom: method check,
-// path check, local file, then the object from S3.
+// ServeHTTP answers a media request and accounts for it: metrics, and the
+// {http.s3_media_cache.status} placeholder for access logs.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	err := h.serve(w, r)
+	status := w.Header().Get("X-Cache-Status")
+	h.metrics.countRequest(status)
+	if h.store != nil {
+		h.store.countRequest(status)
+		var oe *originError
+		if errors.As(err, &oe) && oe.status != http.StatusNotFound {
+			h.store.s3Errors.Add(1)
+		}
+	}
+	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
+		repl.Set("http.s3_media_cache.status", status)
+	}
+	return err
+}
+
+// serve answers a media request. It reads top to bottom: purge, method
+// check, path check, local file, then the cache or S3.
+func (h *Handler) serve(w http.ResponseWriter, r *http.Request) error {
 	if h.purgeHeader != "" && h.isPurge(r) {
 		return h.servePurge(w, r)
 	}
@@ -567,7 +599,7 @@ func (h *Handler) serveFromOrigin(w http.ResponseWriter, r *http.Request, key, c
 	if resp.body == nil || r.Method == http.MethodHead {
 		return nil
 	}
-	h.copyOrAbort(w, resp.body, key)
+	h.copyOrAbort(w, resp.body, key, cacheStatus)
 	return nil
 }
 

@@ -137,7 +137,7 @@ func (h *Handler) writeSection(w http.ResponseWriter, r *http.Request, m *entryM
 	if err != nil {
 		h.abort(key, err)
 	}
-	h.copyOrAbort(w, body, key)
+	h.copyOrAbort(w, body, key, cacheStatus)
 }
 
 // writeMultipart sends several ranges as multipart/byteranges (RFC 9110,
@@ -174,7 +174,7 @@ func (h *Handler) writeMultipart(w http.ResponseWriter, m *entryMeta, cacheStatu
 		if err != nil {
 			h.abort(m.Key, err)
 		}
-		h.copyOrAbort(w, body, m.Key)
+		h.copyOrAbort(w, body, m.Key, cacheStatus)
 	}
 	_, _ = io.WriteString(w, tail)
 }
@@ -184,9 +184,11 @@ func (h *Handler) writeMultipart(w http.ResponseWriter, m *entryMeta, cacheStatu
 // the connection: the client sees a truncated transfer, never a short
 // response that looks complete. Caddy's reverse proxy does the same. If the
 // client fails, there is nobody left to tell.
-func (h *Handler) copyOrAbort(w http.ResponseWriter, body io.Reader, key string) {
+func (h *Handler) copyOrAbort(w http.ResponseWriter, body io.Reader, key, cacheStatus string) {
 	src := &readErrorRecorder{r: body}
-	if _, err := io.Copy(w, src); err != nil {
+	n, err := io.Copy(w, src)
+	h.metrics.countBytes(sourceOf(cacheStatus), n)
+	if err != nil {
 		if src.err == nil || errors.Is(src.err, errClientGone) {
 			h.logger.Debug("client stopped reading", zap.String("key", key), zap.Error(err))
 			return

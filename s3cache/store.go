@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -52,13 +53,73 @@ type store struct {
 
 	mu       sync.Mutex // guards the fields below
 	limits   storeLimits
-	entries  map[string]*entry // by cache key
-	lru      list.List         // of *entry; front is most recently used
-	used     int64             // bytes of committed entry files
-	reserved int64             // bytes promised to fills in flight
-	fills    map[string]*fill  // fills in flight, by cache key
+	entries  map[string]*entry  // by cache key
+	lru      list.List          // of *entry; front is most recently used
+	used     int64              // bytes of committed entry files
+	reserved int64              // bytes promised to fills in flight
+	fills    map[string]*fill   // fills in flight, by cache key
+	mappings map[keyMapping]int // sites using the store, with a use count
 	tmpSeq   uint64
 	stats    storeStats
+
+	// Requests answered through this store, for the admin API's hit
+	// ratio; atomics, so the hit path does not take the lock for them.
+	hits, lookups, s3Errors atomic.Int64
+}
+
+// StoreStats is a snapshot of a store, as the admin API reports it.
+type StoreStats struct {
+	CacheDir       string  `json:"cache_dir"`
+	Loaded         bool    `json:"index_loaded"`
+	Entries        int     `json:"entries"`
+	Bytes          int64   `json:"bytes"`
+	MaxBytes       int64   `json:"max_bytes"`
+	ReservedBytes  int64   `json:"reserved_bytes"`
+	FillsInFlight  int     `json:"fills_in_flight"`
+	FillWaiters    int     `json:"fill_waiters"`
+	Requests       int64   `json:"requests"`
+	Hits           int64   `json:"hits"`
+	HitRatio       float64 `json:"hit_ratio"`
+	S3Errors       int64   `json:"s3_errors"`
+	Evictions      int64   `json:"evictions"`
+	Purges         int64   `json:"purges"`
+	CorruptRemoved int64   `json:"corrupt_removed"`
+}
+
+// snapshot reports the store's state.
+func (s *store) snapshot() StoreStats {
+	st := StoreStats{CacheDir: s.dir}
+	select {
+	case <-s.loaded:
+		st.Loaded = true
+	default:
+	}
+	s.mu.Lock()
+	st.Entries, st.Bytes, st.MaxBytes, st.ReservedBytes = len(s.entries), s.used, s.limits.maxBytes, s.reserved
+	st.Evictions, st.Purges, st.CorruptRemoved = s.stats.evictions, s.stats.purges, s.stats.removedCorrupt
+	st.FillsInFlight = len(s.fills)
+	for _, f := range s.fills {
+		f.mu.Lock()
+		st.FillWaiters += f.refs - 1 // all but the writer
+		f.mu.Unlock()
+	}
+	s.mu.Unlock()
+	st.Requests, st.Hits, st.S3Errors = s.lookups.Load(), s.hits.Load(), s.s3Errors.Load()
+	if st.Requests > 0 {
+		st.HitRatio = float64(st.Hits) / float64(st.Requests)
+	}
+	return st
+}
+
+// countRequest records the X-Cache-Status of a request that used the store.
+func (s *store) countRequest(cacheStatus string) {
+	switch cacheStatus {
+	case cacheBypass, "":
+		return
+	case cacheHit:
+		s.hits.Add(1)
+	}
+	s.lookups.Add(1)
 }
 
 // storeStats are counters for the admin API and metrics.
@@ -135,16 +196,17 @@ func newStore(dir string, levels []int, limits storeLimits, logger *zap.Logger) 
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &store{
-		dir:     dir,
-		tmpDir:  tmpDir,
-		levels:  levels,
-		logger:  logger.With(zap.String("cache_dir", dir)),
-		ctx:     ctx,
-		cancel:  cancel,
-		loaded:  make(chan struct{}),
-		limits:  limits,
-		entries: make(map[string]*entry),
-		fills:   make(map[string]*fill),
+		dir:      dir,
+		tmpDir:   tmpDir,
+		levels:   levels,
+		logger:   logger.With(zap.String("cache_dir", dir)),
+		ctx:      ctx,
+		cancel:   cancel,
+		loaded:   make(chan struct{}),
+		limits:   limits,
+		entries:  make(map[string]*entry),
+		fills:    make(map[string]*fill),
+		mappings: make(map[keyMapping]int),
 	}
 	s.wg.Add(2)
 	go s.load()
