@@ -1,10 +1,9 @@
 package s3cache
 
 import (
-	"crypto/sha256"
 	"errors"
 	"fmt"
-	"hash"
+	"hash/crc32"
 	"io"
 	"net/http"
 	"os"
@@ -107,7 +106,7 @@ func (h *Handler) serveThroughFill(w http.ResponseWriter, r *http.Request, ckey,
 	if started {
 		go h.runFill(f, key, validators)
 	}
-	if !h.waitReady(r, f) {
+	if !h.waitReady(r, f, !started) {
 		// proxy_cache_lock_timeout: past it, a waiter goes to S3
 		// itself, uncached, rather than wait any longer for headers.
 		return h.serveFromOrigin(w, r, key, word)
@@ -118,8 +117,7 @@ func (h *Handler) serveThroughFill(w http.ResponseWriter, r *http.Request, ckey,
 		resume := func(off, n int64) (io.ReadCloser, error) {
 			return h.resumeFromOrigin(r, key, f.meta.ETag, off, n)
 		}
-		h.respondStored(w, r, &f.meta, word, fillBody{f: f, ctx: r.Context(), resume: resume})
-		return nil
+		return h.respondStored(w, r, &f.meta, word, fillBody{f: f, ctx: r.Context(), resume: resume})
 	case fillNegative:
 		h.policy.decorate(w.Header(), http.StatusNotFound, word, time.Now())
 		return caddyhttp.Error(http.StatusNotFound, errCachedNotFound)
@@ -138,6 +136,15 @@ func (h *Handler) serveThroughFill(w http.ResponseWriter, r *http.Request, ckey,
 		}
 		return h.originFailure(w, f.err, word)
 	default: // fillUncacheable
+		// The fill's own response goes to one waiter that wants it
+		// whole, as nginx gives an uncacheable response to the request
+		// that fetched it; the others ask S3 for exactly what they need.
+		if isPlainGet(r) {
+			if resp := f.takeOver(); resp != nil {
+				defer resp.body.Close()
+				return h.respondOrigin(w, r, key, word, resp)
+			}
+		}
 		return h.serveFromOrigin(w, r, key, word)
 	}
 }
@@ -165,12 +172,36 @@ func (h *Handler) resumeFromOrigin(r *http.Request, key, etag string, off, n int
 	return resp.body, nil
 }
 
-// waitReady waits for the fill's headers, at most lock_timeout.
-func (h *Handler) waitReady(r *http.Request, f *fill) bool {
+// isPlainGet reports whether r wants the whole object, unconditionally.
+func isPlainGet(r *http.Request) bool {
+	if r.Method != http.MethodGet {
+		return false
+	}
+	for _, name := range []string{"Range", "If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since"} {
+		if r.Header.Get(name) != "" {
+			return false
+		}
+	}
+	return true
+}
+
+// waitReady waits for the fill's headers: at most lock_timeout for a
+// waiter, as long as the fill takes (bounded by first_byte_timeout) for the
+// request that started it, which, as in nginx, holds the lock and is not
+// sent to S3 a second time.
+func (h *Handler) waitReady(r *http.Request, f *fill, isWaiter bool) bool {
 	select {
 	case <-f.ready:
 		return true
 	default:
+	}
+	if !isWaiter {
+		select {
+		case <-f.ready:
+			return true
+		case <-r.Context().Done():
+			return false
+		}
 	}
 	timer := time.NewTimer(h.lockTimeout)
 	defer timer.Stop()
@@ -213,42 +244,14 @@ func (h *Handler) serveEntry(w http.ResponseWriter, r *http.Request, e *entry, c
 	if err != nil {
 		return errEntryGone
 	}
-	meta := &e.meta
-	if id := identityOf(info); id != e.verified {
-		// A file this process has not checked: loaded at startup,
-		// replaced since the lookup, or altered on disk. Its own
-		// header is the truth about it; its body must match the
-		// checksum there before a byte of it is served.
-		checked, err := verifyEntryFile(f, info.Size())
-		if err != nil {
-			h.store.discardCorrupt(e.path, err)
-			return errEntryGone
-		}
-		h.store.markVerified(checked.Key, id)
-		meta = &checked
+	if info.Size() != e.meta.fileSize() {
+		// Truncated, or replaced since the lookup by a newer version
+		// of the object: either way not the entry we looked up.
+		h.store.discardCorrupt(e.path, fmt.Errorf("%w: file is %d bytes, index says %d", errCorruptEntry, info.Size(), e.meta.fileSize()))
+		return errEntryGone
 	}
-	h.respondStored(w, r, meta, cacheStatus, fileBody{f: f, base: meta.bodyOffset()})
-	return nil
-}
-
-// verifyEntryFile reads an entry's header and checks its body against the
-// recorded SHA-256.
-func verifyEntryFile(f *os.File, size int64) (entryMeta, error) {
-	m, err := readEntryHeader(f)
-	if err != nil {
-		return m, err
-	}
-	if size != m.fileSize() {
-		return m, fmt.Errorf("%w: file is %d bytes, header says %d", errCorruptEntry, size, m.fileSize())
-	}
-	sum := sha256.New()
-	if _, err := io.Copy(sum, io.NewSectionReader(f, m.bodyOffset(), m.bodyLen)); err != nil {
-		return m, fmt.Errorf("reading entry body: %w", err)
-	}
-	if [32]byte(sum.Sum(nil)) != m.bodySum {
-		return m, fmt.Errorf("%w: body checksum mismatch", errCorruptEntry)
-	}
-	return m, nil
+	body := &checkedBody{f: f, meta: &e.meta, onCorrupt: func(err error) { h.store.discardCorrupt(e.path, err) }}
+	return h.respondStored(w, r, &e.meta, cacheStatus, body)
 }
 
 // originFailure answers a failed S3 fetch with its status (404, 502, 504).
@@ -291,14 +294,27 @@ func (h *Handler) runFill(f *fill, key string, stale *entryMeta) {
 		return
 	}
 	defer func() {
-		if resp.body != nil {
+		// Unless a waiter took the response over (see passOn).
+		if resp.body != nil && !f.handsOver(resp) {
 			resp.body.Close()
 		}
 	}()
 
 	switch {
 	case resp.status == http.StatusNotModified && stale != nil:
-		ttl, ok := h.fresh.lifetime(http.StatusOK, resp.header, now)
+		// A 304 should repeat the object's freshness headers; when S3
+		// does not, the ones stored with the entry still apply.
+		fresh := resp.header
+		if fresh.Get("Cache-Control") == "" && fresh.Get("Expires") == "" {
+			fresh = http.Header{}
+			if stale.UpstreamCacheControl != "" {
+				fresh.Set("Cache-Control", stale.UpstreamCacheControl)
+			}
+			if stale.UpstreamExpires != "" {
+				fresh.Set("Expires", stale.UpstreamExpires)
+			}
+		}
+		ttl, ok := h.fresh.lifetime(http.StatusOK, fresh, now)
 		if v, set := h.fresh.validFor[http.StatusNotModified]; set {
 			ttl, ok = v, v > 0
 		}
@@ -341,13 +357,13 @@ func (h *Handler) streamToStore(f *fill, key string, resp *originResponse, now t
 	metaJSON, err := encodeMeta(&m)
 	if err != nil || !cacheable || size > h.maxObjectBytes {
 		h.store.endFill(f)
-		f.settle(fillUncacheable, m, nil)
+		f.passOn(resp)
 		return
 	}
 	reserved := m.fileSize()
 	if !h.store.reserve(reserved) {
 		h.store.endFill(f)
-		f.settle(fillUncacheable, m, nil)
+		f.passOn(resp)
 		return
 	}
 	tmp, err := h.writeEntryStart(&m, metaJSON)
@@ -355,14 +371,14 @@ func (h *Handler) streamToStore(f *fill, key string, resp *originResponse, now t
 		h.logger.Warn("cannot write to the cache; serving from S3 uncached", zap.Error(err))
 		h.store.unreserve(reserved)
 		h.store.endFill(f)
-		f.settle(fillUncacheable, m, nil)
+		f.passOn(resp)
 		return
 	}
 	f.startStreaming(m, tmp)
 
-	sum, heldBack, err := copyBody(f, tmp, resp.body, size)
+	crcs, heldBack, err := copyBody(f, tmp, resp.body, size)
 	if err == nil {
-		m.bodySum = sum
+		m.blockCRCs = crcs
 		if err := h.finishEntry(f, tmp, &m, reserved); err != nil {
 			// Readers get every byte all the same; only storing failed.
 			if errors.Is(err, errPurged) {
@@ -404,25 +420,36 @@ func (h *Handler) writeEntryStart(m *entryMeta, metaJSON []byte) (*os.File, erro
 // copyBody copies exactly size bytes from S3 to the temp file, making each
 // chunk visible to readers as soon as it is written, except the last one,
 // which it returns the length of for the caller to release after the
-// commit. It returns the body's SHA-256. A short body is an error: S3
-// promised size bytes.
-func copyBody(f *fill, tmp *os.File, body io.Reader, size int64) (sum [32]byte, heldBack int64, err error) {
+// commit. It returns the CRC-32C of each block of the body. A short body is
+// an error: S3 promised size bytes.
+func copyBody(f *fill, tmp *os.File, body io.Reader, size int64) (crcs []uint32, heldBack int64, err error) {
 	bufp := bufferPool.Get().(*[]byte)
 	defer bufferPool.Put(bufp)
 	buf := *bufp
-	var hasher hash.Hash = sha256.New()
+	crcs = make([]uint32, 0, (size+blockSize-1)/blockSize)
+	var blockCRC uint32
 	var total int64
 	for {
 		n, rerr := body.Read(buf)
 		if n > 0 {
 			if total+int64(n) > size {
-				return sum, 0, fmt.Errorf("S3 sent more than its Content-Length")
+				return nil, 0, fmt.Errorf("S3 sent more than its Content-Length")
 			}
-			hasher.Write(buf[:n])
 			if _, err := tmp.Write(buf[:n]); err != nil {
-				return sum, 0, fmt.Errorf("%w: %w", errCacheWrite, err)
+				return nil, 0, fmt.Errorf("%w: %w", errCacheWrite, err)
 			}
-			total += int64(n)
+			// Checksum block by block, across read boundaries.
+			for chunk := buf[:n]; len(chunk) > 0; {
+				room := blockSize - int(total%blockSize)
+				part := chunk[:min(room, len(chunk))]
+				blockCRC = crc32.Update(blockCRC, castagnoli, part)
+				total += int64(len(part))
+				chunk = chunk[len(part):]
+				if total%blockSize == 0 || total == size {
+					crcs = append(crcs, blockCRC)
+					blockCRC = 0
+				}
+			}
 			if total < size {
 				f.advance(int64(n))
 			} else {
@@ -433,32 +460,33 @@ func copyBody(f *fill, tmp *os.File, body io.Reader, size int64) (sum [32]byte, 
 			break
 		}
 		if rerr != nil {
-			return sum, 0, rerr
+			return nil, 0, rerr
 		}
 	}
 	if total != size {
-		return sum, 0, io.ErrUnexpectedEOF
+		return nil, 0, io.ErrUnexpectedEOF
 	}
-	return [32]byte(hasher.Sum(nil)), heldBack, nil
+	return crcs, heldBack, nil
 }
 
-// finishEntry records the checksum in the header and commits the file.
+// finishEntry appends the block table, records its checksum in the
+// header, and commits the file.
 func (h *Handler) finishEntry(f *fill, tmp *os.File, m *entryMeta, reserved int64) error {
+	table := encodeBlockTable(m)
+	if _, err := tmp.WriteAt(table, m.tableOffset()); err != nil {
+		return fmt.Errorf("%w: writing block table: %w", errCacheWrite, err)
+	}
 	if _, err := tmp.WriteAt(encodeFixedHeader(m), 0); err != nil {
-		return fmt.Errorf("writing entry header: %w", err)
+		return fmt.Errorf("%w: writing entry header: %w", errCacheWrite, err)
 	}
-	info, err := tmp.Stat()
-	if err != nil {
-		return err
-	}
-	return h.store.commit(f, tmp.Name(), *m, identityOf(info), reserved)
+	return h.store.commit(f, tmp.Name(), *m, reserved)
 }
 
 // storeNegative caches S3's "no such key" for ttl, as an entry without a
 // body, so a scan of missing keys does not become a scan of the bucket.
 func (h *Handler) storeNegative(f *fill, now time.Time, ttl time.Duration) (entryMeta, error) {
 	m := entryMeta{Key: f.key, Status: http.StatusNotFound, storedAt: now, expiresAt: now.Add(ttl)}
-	m.bodySum = sha256.Sum256(nil)
+	encodeBlockTable(&m) // empty, but its CRC goes in the header
 	metaJSON, err := encodeMeta(&m)
 	if err != nil {
 		return m, err
@@ -471,14 +499,11 @@ func (h *Handler) storeNegative(f *fill, now time.Time, ttl time.Duration) (entr
 		h.store.unreserve(m.fileSize())
 		return m, err
 	}
-	defer tmp.Close()
-	info, err := tmp.Stat()
-	if err == nil {
-		err = h.store.commit(f, tmp.Name(), m, identityOf(info), m.fileSize())
-	}
-	if err != nil {
+	tmp.Close()
+	if err := h.store.commit(f, tmp.Name(), m, m.fileSize()); err != nil {
 		h.store.unreserve(m.fileSize())
 		os.Remove(tmp.Name())
+		return m, err
 	}
-	return m, err
+	return m, nil
 }

@@ -3,12 +3,13 @@ package s3cache
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
+	"hash/crc32"
 	"errors"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -372,10 +373,10 @@ func TestCorruptEntryIsNeverServed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	info, _ := f.Stat()
 	f.WriteAt([]byte("XXXX"), e.meta.bodyOffset()+1000) // same size, different bytes
 	f.Close()
-	future := time.Now().Add(time.Minute)
-	os.Chtimes(e.path, future, future)
+	os.Chtimes(e.path, info.ModTime(), info.ModTime()) // bit rot: the mtime does not change
 
 	resp, body := get(t, srv.URL+"/v/a.mp4")
 	if !bytes.Equal(body, data) || resp.Header.Get("X-Cache-Status") != "MISS" {
@@ -538,29 +539,38 @@ func TestOversizedObjectIsPassedThrough(t *testing.T) {
 	assertNoEntryFiles(t, dir)
 }
 
-func TestEntryHeaderRoundTrip(t *testing.T) {
+func TestEntryFileRoundTrip(t *testing.T) {
+	body := objectBytes(blockSize + 100) // two blocks
 	m := metaFromUpstream("b/a.png", 200, http.Header{"Content-Type": {"image/png"}, "Etag": {`"x"`}})
 	m.storedAt = time.Unix(100, 5)
 	m.expiresAt = time.Unix(200, 7)
-	m.bodyLen = 3
-	m.bodySum = sha256.Sum256([]byte("abc"))
+	m.bodyLen = int64(len(body))
+	m.blockCRCs = []uint32{crc32.Checksum(body[:blockSize], castagnoli), crc32.Checksum(body[blockSize:], castagnoli)}
+	table := encodeBlockTable(&m)
 	meta, err := encodeMeta(&m)
 	if err != nil {
 		t.Fatal(err)
 	}
-	file := append(append(encodeFixedHeader(&m), meta...), "abc"...)
+	file := slices.Concat(encodeFixedHeader(&m), meta, body, table)
 	got, err := readEntryHeader(bytes.NewReader(file))
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := readBlockTable(bytes.NewReader(file), &got); err != nil {
+		t.Fatal(err)
+	}
 	if got.Key != m.Key || got.ContentType != "image/png" || got.ETag != `"x"` || !got.expiresAt.Equal(m.expiresAt) ||
-		got.bodyLen != 3 || got.bodySum != m.bodySum || got.fileSize() != int64(len(file)) {
+		got.bodyLen != m.bodyLen || !slices.Equal(got.blockCRCs, m.blockCRCs) || got.fileSize() != int64(len(file)) {
 		t.Fatalf("round trip: %+v", got)
 	}
-	for _, i := range []int{0, 9, 20, 75, entryHeaderSize + 2} {
+	for _, i := range []int{0, 9, 20, 75, entryHeaderSize + 2, len(file) - 1} {
 		bad := bytes.Clone(file)
 		bad[i] ^= 0xff
-		if _, err := readEntryHeader(bytes.NewReader(bad)); !errors.Is(err, errCorruptEntry) {
+		m2, err := readEntryHeader(bytes.NewReader(bad))
+		if err == nil {
+			err = readBlockTable(bytes.NewReader(bad), &m2)
+		}
+		if !errors.Is(err, errCorruptEntry) {
 			t.Errorf("flipping byte %d: %v, want errCorruptEntry", i, err)
 		}
 	}
@@ -569,7 +579,8 @@ func TestEntryHeaderRoundTrip(t *testing.T) {
 // FuzzReadEntryHeader checks that no byte string makes the decoder panic
 // or accept an entry whose fields are impossible.
 func FuzzReadEntryHeader(f *testing.F) {
-	m := entryMeta{Key: "k", Status: 200, bodyLen: 1}
+	m := entryMeta{Key: "k", Status: 200, bodyLen: 1, blockCRCs: []uint32{1}}
+	encodeBlockTable(&m)
 	meta, _ := encodeMeta(&m)
 	f.Add(append(append(encodeFixedHeader(&m), meta...), 'x'))
 	f.Add([]byte(entryMagic))
@@ -607,4 +618,45 @@ func dirBytes(t *testing.T, dir string) int64 {
 		return nil
 	})
 	return total
+}
+
+func TestCorruptLaterBlockCutsTheTransferAndIsRemoved(t *testing.T) {
+	data := objectBytes(3 * blockSize)
+	o := &scriptedOrigin{respond: func(originRequest) (*originResponse, error) {
+		return okResponse(data, io.NopCloser(bytes.NewReader(data))), nil
+	}}
+	h := newCachedHandler(t, o, t.TempDir(), nil)
+	srv := serve(t, h)
+	get(t, srv.URL+"/v/a.mp4")
+	waitStored(t, h, "v/a.mp4")
+	e, _ := h.store.lookup(h.cacheKey("v/a.mp4"), time.Now())
+	f, err := os.OpenFile(e.path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteAt([]byte{0xAA}, e.meta.bodyOffset()+2*blockSize+5)
+	f.Close()
+
+	// A range inside the good first block is still served.
+	resp, body := get(t, srv.URL+"/v/a.mp4", "Range", "bytes=0-99")
+	if resp.StatusCode != 206 || !bytes.Equal(body, data[:100]) || resp.Header.Get("X-Cache-Status") != "HIT" {
+		t.Fatalf("range in a good block: %d %s", resp.StatusCode, resp.Header.Get("X-Cache-Status"))
+	}
+	// The whole object: the bad block is found after the status line,
+	// so the transfer is cut short rather than completed with bad bytes.
+	resp2, err := http.Get(srv.URL + "/v/a.mp4")
+	if err == nil {
+		got, rerr := io.ReadAll(resp2.Body)
+		resp2.Body.Close()
+		if rerr == nil {
+			t.Fatalf("a corrupt entry was served as a complete response (%d bytes, equal %v)", len(got), bytes.Equal(got, data))
+		}
+	}
+	if _, ok := h.store.lookup(h.cacheKey("v/a.mp4"), time.Now()); ok {
+		t.Fatal("the corrupt entry is still indexed")
+	}
+	resp, body = get(t, srv.URL+"/v/a.mp4")
+	if resp.Header.Get("X-Cache-Status") != "MISS" || !bytes.Equal(body, data) {
+		t.Fatalf("after removal: %s", resp.Header.Get("X-Cache-Status"))
+	}
 }

@@ -19,17 +19,23 @@ import (
 //	fixed header  entryHeaderSize bytes, little endian, CRC-protected
 //	metadata      JSON, metaLen bytes, CRC-protected
 //	body          bodyLen bytes, exactly as S3 sent them
+//	block table   one CRC-32C per blockSize bytes of body
 //
-// The body starts at a known offset so the hit path can hand the file to
-// sendfile(2) from there. The fixed header holds what changes after the
-// entry is written (freshness times on revalidation) so it can be
-// rewritten in place with one small pwrite, like nginx's
-// ngx_http_file_cache_update_header; everything else is written once.
+// The fixed header holds what changes after the entry is written
+// (freshness times on revalidation) so it can be rewritten in place with
+// one small pwrite, like nginx's ngx_http_file_cache_update_header;
+// everything else is written once. The block table lets every read of
+// the body, whole or a range, be checked before a byte of it is sent: a
+// flipped bit on disk costs one block's CRC to notice, not a reread of the
+// object, and is never served.
 const (
-	entryMagic      = "S3MCENT1"
-	entryHeaderSize = 8 + 4 + 4 + 8 + 8 + 8 + 32 + 4 // magic, metaLen, metaCRC, storedAt, expiresAt, bodyLen, bodySum, headerCRC
+	entryMagic      = "S3MCENT2"
+	entryHeaderSize = 8 + 4 + 4 + 8 + 8 + 8 + 4 + 4 + 24 + 4 // magic, metaLen, metaCRC, storedAt, expiresAt, bodyLen, blockSize, tableCRC, reserved, headerCRC
 	maxMetaLen      = 64 << 10
+	blockSize       = 64 << 10
 )
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 var errCorruptEntry = errors.New("corrupt cache entry")
 
@@ -45,11 +51,18 @@ type entryMeta struct {
 	ETag               string `json:"etag,omitempty"`
 	LastModified       string `json:"last_modified,omitempty"`
 
+	// S3's own freshness headers, never sent to clients (the header
+	// policy sets ours), kept to recompute the lifetime when a
+	// revalidation's 304 does not repeat them.
+	UpstreamCacheControl string `json:"upstream_cache_control,omitempty"`
+	UpstreamExpires      string `json:"upstream_expires,omitempty"`
+
 	// Set in the fixed header, not in the JSON.
 	storedAt  time.Time
 	expiresAt time.Time
 	bodyLen   int64
-	bodySum   [32]byte
+	blockCRCs []uint32 // CRC-32C of each blockSize bytes of body
+	tableCRC  uint32   // CRC-32C of the block table as stored
 	metaLen   int
 	metaCRC   uint32
 	lengthStr string // bodyLen in decimal, kept for Content-Length on hits
@@ -68,9 +81,46 @@ func (m *entryMeta) bodyOffset() int64 {
 	return int64(entryHeaderSize + m.metaLen)
 }
 
+// blockCount is the number of checksummed blocks of the body.
+func (m *entryMeta) blockCount() int64 {
+	return (m.bodyLen + blockSize - 1) / blockSize
+}
+
+// tableOffset is where the block table starts in the entry file.
+func (m *entryMeta) tableOffset() int64 {
+	return m.bodyOffset() + m.bodyLen
+}
+
 // fileSize is the exact size of a complete entry file.
 func (m *entryMeta) fileSize() int64 {
-	return m.bodyOffset() + m.bodyLen
+	return m.tableOffset() + 4*m.blockCount()
+}
+
+// encodeBlockTable renders the block table and records its CRC.
+func encodeBlockTable(m *entryMeta) []byte {
+	b := make([]byte, 4*len(m.blockCRCs))
+	for i, c := range m.blockCRCs {
+		binary.LittleEndian.PutUint32(b[4*i:], c)
+	}
+	m.tableCRC = crc32.Checksum(b, castagnoli)
+	return b
+}
+
+// readBlockTable reads and checks the block table of an entry whose
+// header has been read.
+func readBlockTable(f io.ReaderAt, m *entryMeta) error {
+	b := make([]byte, 4*m.blockCount())
+	if _, err := f.ReadAt(b, m.tableOffset()); err != nil {
+		return fmt.Errorf("%w: reading block table: %v", errCorruptEntry, err)
+	}
+	if crc32.Checksum(b, castagnoli) != m.tableCRC {
+		return fmt.Errorf("%w: block table checksum", errCorruptEntry)
+	}
+	m.blockCRCs = make([]uint32, len(b)/4)
+	for i := range m.blockCRCs {
+		m.blockCRCs[i] = binary.LittleEndian.Uint32(b[4*i:])
+	}
+	return nil
 }
 
 // metaFromUpstream records the headers of an S3 response that the cache
@@ -86,6 +136,9 @@ func metaFromUpstream(key string, status int, h http.Header) entryMeta {
 		ContentLanguage:    h.Get("Content-Language"),
 		ETag:               h.Get("Etag"),
 		LastModified:       h.Get("Last-Modified"),
+
+		UpstreamCacheControl: h.Get("Cache-Control"),
+		UpstreamExpires:      h.Get("Expires"),
 	}
 }
 
@@ -114,14 +167,14 @@ func encodeFixedHeader(m *entryMeta) []byte {
 	le.PutUint64(b[16:], uint64(m.storedAt.UnixNano()))
 	le.PutUint64(b[24:], uint64(m.expiresAt.UnixNano()))
 	le.PutUint64(b[32:], uint64(m.bodyLen))
-	copy(b[40:72], m.bodySum[:])
+	le.PutUint32(b[40:], blockSize)
+	le.PutUint32(b[44:], m.tableCRC)
 	le.PutUint32(b[72:], crc32.ChecksumIEEE(b[:72]))
 	return b
 }
 
 // readEntryHeader reads and checks the fixed header and metadata of an
-// entry file. It does not read the body: checking the body's checksum is
-// the serving path's job, once per file (see verify in store.go).
+// entry file. The block table and the body are checked separately.
 func readEntryHeader(f io.ReaderAt) (entryMeta, error) {
 	var m entryMeta
 	b := make([]byte, entryHeaderSize)
@@ -151,8 +204,8 @@ func readEntryHeader(f io.ReaderAt) (entryMeta, error) {
 	m.storedAt = time.Unix(0, int64(le.Uint64(b[16:])))
 	m.expiresAt = time.Unix(0, int64(le.Uint64(b[24:])))
 	m.bodyLen = int64(le.Uint64(b[32:]))
-	copy(m.bodySum[:], b[40:72])
-	if m.bodyLen < 0 || m.Key == "" || m.Status < 200 || m.Status > 599 {
+	m.tableCRC = le.Uint32(b[44:])
+	if le.Uint32(b[40:]) != blockSize || m.bodyLen < 0 || m.bodyLen > 1<<50 || m.Key == "" || m.Status < 200 || m.Status > 599 {
 		return m, fmt.Errorf("%w: implausible fields", errCorruptEntry)
 	}
 	return m, nil

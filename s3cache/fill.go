@@ -35,6 +35,9 @@ type fill struct {
 	refs     int // users of file: the writer and each reader
 
 	purged bool // guarded by store.mu: the key was purged; do not commit
+
+	passThrough *originResponse // for fillUncacheable: S3's response, for one waiter
+	tookOver    bool            // guarded by mu: a waiter has passThrough
 }
 
 // fillOutcome is what became of a fill once S3 answered.
@@ -70,6 +73,31 @@ func (f *fill) settle(outcome fillOutcome, meta entryMeta, err error) {
 	f.finished = true
 	f.mu.Unlock()
 	close(f.ready)
+}
+
+// passOn publishes an uncacheable 200, offering S3's response itself to
+// one waiter (takeOver) so that it is not fetched twice.
+func (f *fill) passOn(resp *originResponse) {
+	f.passThrough = resp
+	f.settle(fillUncacheable, entryMeta{}, nil)
+}
+
+// takeOver hands the fill's S3 response to its caller, once; the caller
+// closes its body.
+func (f *fill) takeOver() *originResponse {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.passThrough == nil || f.tookOver {
+		return nil
+	}
+	f.tookOver = true
+	return f.passThrough
+}
+
+// handsOver reports whether resp is, or may still be, taken over by a
+// waiter, in which case its body is not the fill's to close.
+func (f *fill) handsOver(resp *originResponse) bool {
+	return f.passThrough == resp
 }
 
 // startStreaming publishes a body about to be written to file.
@@ -111,6 +139,16 @@ func (f *fill) release() {
 	f.refs--
 	last := f.refs == 0
 	f.mu.Unlock()
+	if last && f.passThrough != nil {
+		f.mu.Lock()
+		taken := f.tookOver
+		f.tookOver = true
+		f.mu.Unlock()
+		if !taken {
+			// Nobody wanted it whole: stop the download.
+			f.passThrough.body.Close()
+		}
+	}
 	if last && f.file != nil {
 		name := f.file.Name()
 		f.file.Close()

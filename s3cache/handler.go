@@ -592,6 +592,11 @@ func (h *Handler) serveFromOrigin(w http.ResponseWriter, r *http.Request, key, c
 	if resp.body != nil {
 		defer resp.body.Close()
 	}
+	return h.respondOrigin(w, r, key, cacheStatus, resp)
+}
+
+// respondOrigin relays an S3 response through the header policy.
+func (h *Handler) respondOrigin(w http.ResponseWriter, r *http.Request, key, cacheStatus string, resp *originResponse) error {
 	hdr := w.Header()
 	h.policy.copyUpstream(hdr, resp.header)
 	h.policy.decorate(hdr, resp.status, cacheStatus, time.Now())
@@ -659,6 +664,8 @@ func (rr *readErrorRecorder) Read(p []byte) (int, error) {
 // may carry the endpoint address.
 func bodyFailureReason(err error) string {
 	switch {
+	case errors.Is(err, errCorruptEntry):
+		return "cache entry failed its checksum; entry removed"
 	case isTimeout(err), errors.Is(err, context.Canceled):
 		return "stalled past read_timeout, or canceled"
 	case errors.Is(err, io.ErrUnexpectedEOF):

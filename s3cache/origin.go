@@ -257,11 +257,12 @@ func answerOrError(op string, err error) (*originResponse, error) {
 }
 
 // bodilessAnswerHeader keeps what a 304, 412 or 416 may say about the
-// object. S3 sends these with the Content-Type and Content-Length of its
+// object: validators, and the freshness headers a revalidation needs
+// (the header policy never passes those two on to clients). S3 sends these with the Content-Type and Content-Length of its
 // XML error document, which must not describe our empty body.
 func bodilessAnswerHeader(status int, upstream http.Header) http.Header {
 	h := http.Header{}
-	for _, name := range []string{"Etag", "Last-Modified"} {
+	for _, name := range []string{"Etag", "Last-Modified", "Cache-Control", "Expires"} {
 		if v, ok := upstream[name]; ok {
 			h[name] = v
 		}

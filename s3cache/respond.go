@@ -5,10 +5,13 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
+	"hash/crc32"
 	"io"
 	"net/http"
 	"os"
 	"strconv"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -20,18 +23,111 @@ type bodySource interface {
 	section(off, n int64) (io.Reader, error)
 }
 
-// fileBody is a committed entry. Sections are an io.LimitedReader over
-// the *os.File itself, which is the shape net/http hands to sendfile(2).
-type fileBody struct {
-	f    *os.File
-	base int64 // where the body starts in the file
+// checkedBody is a committed entry file. Its sections are read a block at
+// a time and each block is checked against its CRC-32C before any of its
+// bytes is handed out, so a corrupted file is never served, whole or in
+// part: the first bad block ends the response (before the status line, if
+// it is the first block) and removes the entry.
+type checkedBody struct {
+	f         *os.File
+	meta      *entryMeta
+	onCorrupt func(error)
 }
 
-func (b fileBody) section(off, n int64) (io.Reader, error) {
-	if _, err := b.f.Seek(b.base+off, io.SeekStart); err != nil {
-		return nil, err
+// blockPool holds the block buffers of checked reads.
+var blockPool = sync.Pool{New: func() any { b := make([]byte, blockSize); return &b }}
+
+func (b *checkedBody) section(off, n int64) (io.Reader, error) {
+	cr := &checkedReader{body: b, off: off, end: off + n}
+	if n > 0 {
+		// Check the first block now, while the client can still be
+		// answered from S3 instead.
+		if err := cr.load(off / blockSize); err != nil {
+			return nil, err
+		}
 	}
-	return io.LimitReader(b.f, n), nil
+	return cr, nil
+}
+
+type checkedReader struct {
+	body     *checkedBody
+	off, end int64   // body bytes still to hand out
+	bufp     *[]byte // the current block, checked
+	bufStart int64   // body offset of the current block
+	bufLen   int
+}
+
+func (c *checkedReader) load(block int64) error {
+	m := c.body.meta
+	if block >= int64(len(m.blockCRCs)) {
+		return fmt.Errorf("%w: block %d beyond the table", errCorruptEntry, block)
+	}
+	if c.bufp == nil {
+		c.bufp = blockPool.Get().(*[]byte)
+	}
+	start := block * blockSize
+	n := int(min(blockSize, m.bodyLen-start))
+	buf := (*c.bufp)[:n]
+	if _, err := c.body.f.ReadAt(buf, m.bodyOffset()+start); err != nil {
+		err = fmt.Errorf("%w: reading block %d: %v", errCorruptEntry, block, err)
+		c.body.onCorrupt(err)
+		return err
+	}
+	if crc32.Checksum(buf, castagnoli) != m.blockCRCs[block] {
+		err := fmt.Errorf("%w: block %d fails its checksum", errCorruptEntry, block)
+		c.body.onCorrupt(err)
+		return err
+	}
+	c.bufStart, c.bufLen = start, n
+	return nil
+}
+
+func (c *checkedReader) Read(p []byte) (int, error) {
+	if c.off >= c.end {
+		c.release()
+		return 0, io.EOF
+	}
+	if c.bufp == nil || c.off < c.bufStart || c.off >= c.bufStart+int64(c.bufLen) {
+		if err := c.load(c.off / blockSize); err != nil {
+			c.release()
+			return 0, err
+		}
+	}
+	from := c.off - c.bufStart
+	to := min(int64(c.bufLen), c.end-c.bufStart)
+	n := copy(p, (*c.bufp)[from:to])
+	c.off += int64(n)
+	return n, nil
+}
+
+// WriteTo writes the section block by block straight from the checked
+// buffer, without the extra copy io.Copy would make through its own.
+func (c *checkedReader) WriteTo(w io.Writer) (int64, error) {
+	defer c.release()
+	var total int64
+	for c.off < c.end {
+		if c.bufp == nil || c.off < c.bufStart || c.off >= c.bufStart+int64(c.bufLen) {
+			if err := c.load(c.off / blockSize); err != nil {
+				return total, err
+			}
+		}
+		from := c.off - c.bufStart
+		to := min(int64(c.bufLen), c.end-c.bufStart)
+		n, err := w.Write((*c.bufp)[from:to])
+		total += int64(n)
+		c.off += int64(n)
+		if err != nil {
+			return total, err
+		}
+	}
+	return total, nil
+}
+
+func (c *checkedReader) release() {
+	if c.bufp != nil {
+		blockPool.Put(c.bufp)
+		c.bufp = nil
+	}
 }
 
 // fillBody is a body still being fetched; reads wait for the bytes. If
@@ -76,16 +172,18 @@ func (rr *resumingReader) Read(p []byte) (int, error) {
 // respondStored answers a GET or HEAD from a stored representation, from
 // the cache or from a fill in flight, as nginx answers from its cache:
 // conditional requests (304, 412), a single Range (206), several ranges
-// (206 multipart/byteranges), an unsatisfiable Range (416).
-func (h *Handler) respondStored(w http.ResponseWriter, r *http.Request, m *entryMeta, cacheStatus string, src bodySource) {
+// (206 multipart/byteranges), an unsatisfiable Range (416). It returns
+// errEntryGone, having written nothing, when the first bytes to send fail
+// their check; the caller then goes to S3.
+func (h *Handler) respondStored(w http.ResponseWriter, r *http.Request, m *entryMeta, cacheStatus string, src bodySource) error {
 	now := time.Now()
 	hdr := w.Header()
-	h.policy.copyMeta(hdr, m)
 	size := m.bodyLen
 
 	if status := preconditionStatus(r, m.ETag, m.LastModified); status != 0 {
+		h.policy.copyMeta(hdr, m)
 		h.writeBodiless(w, status, cacheStatus, now)
-		return
+		return nil
 	}
 
 	var ranges []byteRange
@@ -93,23 +191,47 @@ func (h *Handler) respondStored(w http.ResponseWriter, r *http.Request, m *entry
 		var err error
 		ranges, err = parseRange(rh, size)
 		if errors.Is(err, errUnsatisfiable) {
+			h.policy.copyMeta(hdr, m)
 			hdr.Set("Content-Range", "bytes */"+strconv.FormatInt(size, 10))
 			h.writeBodiless(w, http.StatusRequestedRangeNotSatisfiable, cacheStatus, now)
-			return
+			return nil
 		}
 	}
-	if h.policy.keeps("Accept-Ranges") {
-		hdr["Accept-Ranges"] = []string{"bytes"}
+	if len(ranges) > 1 {
+		h.policy.copyMeta(hdr, m)
+		h.setAcceptRanges(hdr)
+		h.writeMultipart(w, m, cacheStatus, now, src, ranges)
+		return nil
 	}
 
-	switch len(ranges) {
-	case 0:
-		h.writeSection(w, r, m, http.StatusOK, cacheStatus, now, src, byteRange{0, size})
-	case 1:
-		hdr.Set("Content-Range", ranges[0].contentRange(size))
-		h.writeSection(w, r, m, http.StatusPartialContent, cacheStatus, now, src, ranges[0])
-	default:
-		h.writeMultipart(w, m, cacheStatus, now, src, ranges)
+	status, br := http.StatusOK, byteRange{0, size}
+	if len(ranges) == 1 {
+		status, br = http.StatusPartialContent, ranges[0]
+	}
+	var body io.Reader
+	if r.Method != http.MethodHead && br.length > 0 {
+		var err error
+		if body, err = src.section(br.start, br.length); err != nil {
+			return errEntryGone
+		}
+	}
+	h.policy.copyMeta(hdr, m)
+	h.setAcceptRanges(hdr)
+	if status == http.StatusPartialContent {
+		hdr.Set("Content-Range", br.contentRange(size))
+	}
+	hdr["Content-Length"] = []string{m.lengthOf(br)}
+	h.policy.decorate(hdr, status, cacheStatus, now)
+	w.WriteHeader(status)
+	if body != nil {
+		h.copyOrAbort(w, body, m.Key, cacheStatus)
+	}
+	return nil
+}
+
+func (h *Handler) setAcceptRanges(hdr http.Header) {
+	if h.policy.keeps("Accept-Ranges") {
+		hdr["Accept-Ranges"] = []string{"bytes"}
 	}
 }
 
@@ -122,22 +244,6 @@ func (h *Handler) writeBodiless(w http.ResponseWriter, status int, cacheStatus s
 	}
 	h.policy.decorate(hdr, status, cacheStatus, now)
 	w.WriteHeader(status)
-}
-
-func (h *Handler) writeSection(w http.ResponseWriter, r *http.Request, m *entryMeta, status int, cacheStatus string, now time.Time, src bodySource, br byteRange) {
-	key := m.Key
-	hdr := w.Header()
-	hdr["Content-Length"] = []string{m.lengthOf(br)}
-	h.policy.decorate(hdr, status, cacheStatus, now)
-	w.WriteHeader(status)
-	if r.Method == http.MethodHead || br.length == 0 {
-		return
-	}
-	body, err := src.section(br.start, br.length)
-	if err != nil {
-		h.abort(key, err)
-	}
-	h.copyOrAbort(w, body, key, cacheStatus)
 }
 
 // writeMultipart sends several ranges as multipart/byteranges (RFC 9110,
@@ -185,6 +291,14 @@ func (h *Handler) writeMultipart(w http.ResponseWriter, m *entryMeta, cacheStatu
 // response that looks complete. Caddy's reverse proxy does the same. If the
 // client fails, there is nobody left to tell.
 func (h *Handler) copyOrAbort(w http.ResponseWriter, body io.Reader, key, cacheStatus string) {
+	if cr, ok := body.(*checkedReader); ok {
+		n, err := cr.WriteTo(w)
+		h.metrics.countBytes(sourceOf(cacheStatus), n)
+		if errors.Is(err, errCorruptEntry) {
+			h.abort(key, err)
+		}
+		return // any other error is the client's
+	}
 	src := &readErrorRecorder{r: body}
 	n, err := io.Copy(w, src)
 	h.metrics.countBytes(sourceOf(cacheStatus), n)

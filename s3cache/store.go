@@ -14,7 +14,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -49,7 +48,9 @@ type store struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	loaded chan struct{} // closed when the loader has indexed the directory
-	wg     sync.WaitGroup
+
+	limitsChanged chan struct{} // wakes the manager after a reload
+	wg            sync.WaitGroup
 
 	mu       sync.Mutex // guards the fields below
 	limits   storeLimits
@@ -136,28 +137,6 @@ type entry struct {
 	path     string
 	lastUsed time.Time
 	elem     *list.Element
-
-	// The identity of the file when its body was last known to match its
-	// checksum. A hit on a file whose identity differs (written by this
-	// process as a new entry, or altered on disk since) is served through
-	// the checksum instead of sendfile, once.
-	verified fileIdentity
-}
-
-// fileIdentity is what fstat says about a file, enough to notice that it
-// has been replaced or rewritten.
-type fileIdentity struct {
-	ino   uint64
-	size  int64
-	mtime int64
-}
-
-func identityOf(info fs.FileInfo) fileIdentity {
-	id := fileIdentity{size: info.Size(), mtime: info.ModTime().UnixNano()}
-	if st, ok := info.Sys().(*syscall.Stat_t); ok {
-		id.ino = st.Ino
-	}
-	return id
 }
 
 // openStore returns the store for dir, creating and loading it on first
@@ -228,6 +207,10 @@ func (s *store) setLimits(l storeLimits) {
 	doomed := s.evictUntilUnderLocked(0)
 	s.mu.Unlock()
 	s.removeFiles(doomed)
+	select {
+	case s.limitsChanged <- struct{}{}:
+	default: // the manager has a wake-up pending already
+	}
 }
 
 // hashKey names the entry file of a cache key.
@@ -314,7 +297,7 @@ func readEntryFile(path string) (entryMeta, fs.FileInfo, error) {
 	if info.Size() != m.fileSize() {
 		return m, info, fmt.Errorf("%w: file is %d bytes, header says %d", errCorruptEntry, info.Size(), m.fileSize())
 	}
-	return m, info, nil
+	return m, info, readBlockTable(f, &m)
 }
 
 // insertLocked adds or replaces the index entry for key.
@@ -372,16 +355,6 @@ func (s *store) discardCorrupt(path string, cause error) {
 	s.mu.Unlock()
 }
 
-// markVerified records that the file at path, with this identity, matched
-// its checksum.
-func (s *store) markVerified(key string, id fileIdentity) {
-	s.mu.Lock()
-	if e, ok := s.entries[key]; ok {
-		e.verified = id
-	}
-	s.mu.Unlock()
-}
-
 // refresh extends an entry's freshness after S3 answered 304 Not Modified.
 func (s *store) refresh(key string, storedAt, expiresAt time.Time) error {
 	s.mu.Lock()
@@ -396,10 +369,6 @@ func (s *store) refresh(key string, storedAt, expiresAt time.Time) error {
 		return fmt.Errorf("updating entry header: %w", err)
 	}
 	e.meta = m
-	// The rewrite changed the file's mtime; the body did not change.
-	if info, err := os.Stat(e.path); err == nil && e.verified != (fileIdentity{}) {
-		e.verified = identityOf(info)
-	}
 	return nil
 }
 
@@ -486,7 +455,7 @@ var errPurged = errors.New("purged while being fetched")
 // all under one lock: a request finds either the fill or the entry, and the
 // size bound is never counted twice. It is the only way an entry is
 // created.
-func (s *store) commit(f *fill, tmpPath string, m entryMeta, id fileIdentity, reserved int64) error {
+func (s *store) commit(f *fill, tmpPath string, m entryMeta, reserved int64) error {
 	path := s.entryPath(m.Key)
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return fmt.Errorf("creating entry directory: %w", err)
@@ -504,8 +473,7 @@ func (s *store) commit(f *fill, tmpPath string, m entryMeta, id fileIdentity, re
 	if s.fills[f.key] == f {
 		delete(s.fills, f.key)
 	}
-	e := s.insertLocked(m.Key, path, m, m.fileSize(), time.Now())
-	e.verified = id
+	s.insertLocked(m.Key, path, m, m.fileSize(), time.Now())
 	doomed := s.evictUntilUnderLocked(0)
 	s.mu.Unlock()
 	s.removeFiles(doomed)
@@ -633,16 +601,19 @@ func isEntryName(name string) bool {
 // space than min_free.
 func (s *store) manage() {
 	defer s.wg.Done()
-	ticker := time.NewTicker(s.managerInterval())
-	defer ticker.Stop()
+	timer := time.NewTimer(s.managerInterval())
+	defer timer.Stop()
 	for {
 		select {
 		case <-s.ctx.Done():
 			return
-		case now := <-ticker.C:
-			s.evictInactive(now)
-			s.keepMinFree()
+		case <-s.limitsChanged:
+			// A reload changed inactive: run now, on the new schedule.
+		case <-timer.C:
 		}
+		s.evictInactive(time.Now())
+		s.keepMinFree()
+		timer.Reset(s.managerInterval())
 	}
 }
 
