@@ -235,22 +235,26 @@ func (h *Handler) serveEntry(w http.ResponseWriter, r *http.Request, e *entry, c
 		h.policy.decorate(w.Header(), http.StatusNotFound, cacheStatus, time.Now())
 		return caddyhttp.Error(http.StatusNotFound, errCachedNotFound)
 	}
-	f, err := os.Open(e.path)
-	if err != nil {
-		return errEntryGone // evicted or purged since the lookup
+	file := h.store.acquireFile(e)
+	if file == nil {
+		f, err := os.Open(e.path)
+		if err != nil {
+			return errEntryGone // evicted or purged since the lookup
+		}
+		info, err := f.Stat()
+		if err != nil || info.Size() != e.meta.fileSize() {
+			f.Close()
+			// Truncated, or replaced since the lookup by a newer
+			// version of the object: not the entry we looked up.
+			if err == nil {
+				h.store.discardCorrupt(e.path, fmt.Errorf("%w: file is %d bytes, index says %d", errCorruptEntry, info.Size(), e.meta.fileSize()))
+			}
+			return errEntryGone
+		}
+		file = h.store.adoptFile(e, f)
 	}
-	defer f.Close()
-	info, err := f.Stat()
-	if err != nil {
-		return errEntryGone
-	}
-	if info.Size() != e.meta.fileSize() {
-		// Truncated, or replaced since the lookup by a newer version
-		// of the object: either way not the entry we looked up.
-		h.store.discardCorrupt(e.path, fmt.Errorf("%w: file is %d bytes, index says %d", errCorruptEntry, info.Size(), e.meta.fileSize()))
-		return errEntryGone
-	}
-	body := &checkedBody{f: f, meta: &e.meta, onCorrupt: func(err error) { h.store.discardCorrupt(e.path, err) }}
+	defer h.store.releaseFile(file)
+	body := &checkedBody{f: file.f, meta: &e.meta, onCorrupt: func(err error) { h.store.discardCorrupt(e.path, err) }}
 	return h.respondStored(w, r, &e.meta, cacheStatus, body)
 }
 

@@ -3,8 +3,8 @@ package s3cache
 import (
 	"bytes"
 	"context"
-	"hash/crc32"
 	"errors"
+	"hash/crc32"
 	"io"
 	"net/http"
 	"os"

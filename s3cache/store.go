@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -60,6 +61,9 @@ type store struct {
 	reserved int64              // bytes promised to fills in flight
 	fills    map[string]*fill   // fills in flight, by cache key
 	mappings map[keyMapping]int // sites using the store, with a use count
+	gen      uint64             // last entry generation handed out
+	open     int                // entry files kept open
+	maxOpen  int                // bound on open
 	tmpSeq   uint64
 	stats    storeStats
 
@@ -137,6 +141,18 @@ type entry struct {
 	path     string
 	lastUsed time.Time
 	elem     *list.Element
+	gen      uint64    // tells this entry from a later one for the same key
+	file     *openFile // the file kept open for hits, or nil
+}
+
+// openFile is an entry file kept open for its hits. Bodies are read with
+// pread, so one descriptor serves any number of concurrent requests, and
+// a hit costs no open, fstat or close. Its fields are guarded by store.mu.
+type openFile struct {
+	f       *os.File
+	users   int  // requests reading it now
+	doomed  bool // its entry is gone: close when the last user is done
+	counted bool // counts against maxOpenFiles
 }
 
 // openStore returns the store for dir, creating and loading it on first
@@ -186,6 +202,7 @@ func newStore(dir string, levels []int, limits storeLimits, logger *zap.Logger) 
 		entries:  make(map[string]*entry),
 		fills:    make(map[string]*fill),
 		mappings: make(map[keyMapping]int),
+		maxOpen:  maxOpenEntryFiles(),
 	}
 	s.wg.Add(2)
 	go s.load()
@@ -198,6 +215,11 @@ func newStore(dir string, levels []int, limits storeLimits, logger *zap.Logger) 
 func (s *store) Destruct() error {
 	s.cancel()
 	s.wg.Wait()
+	s.mu.Lock()
+	for _, e := range s.entries {
+		s.doomFileLocked(e)
+	}
+	s.mu.Unlock()
 	return nil
 }
 
@@ -305,9 +327,11 @@ func (s *store) insertLocked(key, path string, m entryMeta, size int64, lastUsed
 	if old, ok := s.entries[key]; ok {
 		s.used -= old.meta.fileSize()
 		s.lru.Remove(old.elem)
+		s.doomFileLocked(old)
 	}
 	m.lengthStr = strconv.FormatInt(m.bodyLen, 10)
-	e := &entry{meta: m, path: path, lastUsed: lastUsed}
+	s.gen++
+	e := &entry{meta: m, path: path, lastUsed: lastUsed, gen: s.gen}
 	e.elem = s.lru.PushFront(e)
 	s.entries[key] = e
 	s.used += size
@@ -323,7 +347,80 @@ func (s *store) removeLocked(key string) (string, bool) {
 	delete(s.entries, key)
 	s.lru.Remove(e.elem)
 	s.used -= e.meta.fileSize()
+	s.doomFileLocked(e)
 	return e.path, true
+}
+
+// doomFileLocked closes the open file of an entry leaving the index, now
+// or when its last reader is done.
+func (s *store) doomFileLocked(e *entry) {
+	if e.file == nil {
+		return
+	}
+	e.file.doomed = true
+	if e.file.users == 0 {
+		s.closeFileLocked(e.file)
+	}
+	e.file = nil
+}
+
+func (s *store) closeFileLocked(of *openFile) {
+	of.f.Close()
+	if of.counted {
+		s.open--
+		of.counted = false
+	}
+}
+
+// adoptFile keeps f open for the hits of the entry snapshot e, if that
+// entry is still current and the bound on open files allows; the returned
+// openFile has the caller as a user either way.
+func (s *store) adoptFile(e *entry, f *os.File) *openFile {
+	of := &openFile{f: f, users: 1}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cur, ok := s.entries[e.meta.Key]
+	if ok && cur.gen == e.gen && cur.file == nil && s.open < s.maxOpen {
+		cur.file, of.counted = of, true
+		s.open++
+	} else {
+		of.doomed = true // private to this request
+	}
+	return of
+}
+
+// acquireFile returns the open file of the entry snapshot e, with the
+// caller as a user, or nil if the entry has none (or is no longer current).
+func (s *store) acquireFile(e *entry) *openFile {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cur, ok := s.entries[e.meta.Key]
+	if !ok || cur.gen != e.gen || cur.file == nil {
+		return nil
+	}
+	cur.file.users++
+	return cur.file
+}
+
+// releaseFile ends a request's use of an open entry file.
+func (s *store) releaseFile(of *openFile) {
+	s.mu.Lock()
+	of.users--
+	if of.users == 0 && of.doomed {
+		s.closeFileLocked(of)
+	}
+	s.mu.Unlock()
+}
+
+// maxOpenEntryFiles bounds the entry files kept open: a quarter of the
+// process's descriptor limit (Go raises the soft limit to the hard one at
+// startup), at most 8192, so sockets always have room.
+func maxOpenEntryFiles() int {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return 256
+	}
+	return int(min(8192, lim.Cur/4))
 }
 
 // remove drops an entry, for a purge or a corrupt file found while serving.
