@@ -241,21 +241,48 @@ func (h *Handler) serveEntry(w http.ResponseWriter, r *http.Request, e *entry, c
 		if err != nil {
 			return errEntryGone // evicted or purged since the lookup
 		}
-		info, err := f.Stat()
-		if err != nil || info.Size() != e.meta.fileSize() {
-			f.Close()
-			// Truncated, or replaced since the lookup by a newer
-			// version of the object: not the entry we looked up.
-			if err == nil {
-				h.store.discardCorrupt(e.path, fmt.Errorf("%w: file is %d bytes, index says %d", errCorruptEntry, info.Size(), e.meta.fileSize()))
-			}
-			return errEntryGone
-		}
 		file = h.store.adoptFile(e, f)
 	}
 	defer h.store.releaseFile(file)
+	info, err := file.f.Stat()
+	if err != nil {
+		return errEntryGone
+	}
+	if id := identityOf(info); id != file.id {
+		// Loaded at startup, replaced since the lookup, or written to
+		// on disk: check every block before a byte is sent, so such a
+		// file is answered from S3 rather than cut off midway.
+		if err := checkAllBlocks(file.f, &e.meta, info.Size()); err != nil {
+			h.store.discardCorrupt(e.path, err)
+			return errEntryGone
+		}
+		h.store.markKnown(e, id)
+	}
 	body := &checkedBody{f: file.f, meta: &e.meta, onCorrupt: func(err error) { h.store.discardCorrupt(e.path, err) }}
 	return h.respondStored(w, r, &e.meta, cacheStatus, body)
+}
+
+// checkAllBlocks checks an entry file against the index: its size, its
+// header, and every block of its body.
+func checkAllBlocks(f *os.File, m *entryMeta, size int64) error {
+	if size != m.fileSize() {
+		return fmt.Errorf("%w: file is %d bytes, index says %d", errCorruptEntry, size, m.fileSize())
+	}
+	onDisk, err := readEntryHeader(f)
+	if err != nil {
+		return err
+	}
+	if onDisk.Key != m.Key || onDisk.bodyLen != m.bodyLen || onDisk.tableCRC != m.tableCRC {
+		return fmt.Errorf("%w: header does not match the index", errCorruptEntry)
+	}
+	cr := &checkedReader{body: &checkedBody{f: f, meta: m, onCorrupt: func(error) {}}, end: m.bodyLen}
+	defer cr.release()
+	for block := int64(0); block < m.blockCount(); block++ {
+		if err := cr.load(block); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // originFailure answers a failed S3 fetch with its status (404, 502, 504).
@@ -483,7 +510,11 @@ func (h *Handler) finishEntry(f *fill, tmp *os.File, m *entryMeta, reserved int6
 	if _, err := tmp.WriteAt(encodeFixedHeader(m), 0); err != nil {
 		return fmt.Errorf("%w: writing entry header: %w", errCacheWrite, err)
 	}
-	return h.store.commit(f, tmp.Name(), *m, reserved)
+	info, err := tmp.Stat()
+	if err != nil {
+		return err
+	}
+	return h.store.commit(f, tmp.Name(), *m, identityOf(info), reserved)
 }
 
 // storeNegative caches S3's "no such key" for ttl, as an entry without a
@@ -503,8 +534,12 @@ func (h *Handler) storeNegative(f *fill, now time.Time, ttl time.Duration) (entr
 		h.store.unreserve(m.fileSize())
 		return m, err
 	}
+	info, err := tmp.Stat()
 	tmp.Close()
-	if err := h.store.commit(f, tmp.Name(), m, m.fileSize()); err != nil {
+	if err == nil {
+		err = h.store.commit(f, tmp.Name(), m, identityOf(info), m.fileSize())
+	}
+	if err != nil {
 		h.store.unreserve(m.fileSize())
 		os.Remove(tmp.Name())
 		return m, err

@@ -143,6 +143,29 @@ type entry struct {
 	elem     *list.Element
 	gen      uint64    // tells this entry from a later one for the same key
 	file     *openFile // the file kept open for hits, or nil
+
+	// The identity of the file when its whole body last passed its
+	// checks (zero: never, for entries found on disk at startup). A hit
+	// on a file whose identity differs, because it was loaded from disk
+	// or changed there since, checks every block before answering;
+	// otherwise blocks are checked as they are sent.
+	known fileIdentity
+}
+
+// fileIdentity is what fstat says about a file, enough to notice that it
+// was replaced or written to.
+type fileIdentity struct {
+	ino   uint64
+	size  int64
+	mtime int64
+}
+
+func identityOf(info fs.FileInfo) fileIdentity {
+	id := fileIdentity{size: info.Size(), mtime: info.ModTime().UnixNano()}
+	if st, ok := info.Sys().(*syscall.Stat_t); ok {
+		id.ino = st.Ino
+	}
+	return id
 }
 
 // openFile is an entry file kept open for its hits. Bodies are read with
@@ -153,6 +176,20 @@ type openFile struct {
 	users   int  // requests reading it now
 	doomed  bool // its entry is gone: close when the last user is done
 	counted bool // counts against maxOpenFiles
+	id      fileIdentity
+}
+
+// markKnown records that the entry snapshot e's file, with identity id,
+// passed a check of every block.
+func (s *store) markKnown(e *entry, id fileIdentity) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if cur, ok := s.entries[e.meta.Key]; ok && cur.gen == e.gen {
+		cur.known = id
+		if cur.file != nil {
+			cur.file.id = id
+		}
+	}
 }
 
 // openStore returns the store for dir, creating and loading it on first
@@ -191,18 +228,19 @@ func newStore(dir string, levels []int, limits storeLimits, logger *zap.Logger) 
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &store{
-		dir:      dir,
-		tmpDir:   tmpDir,
-		levels:   levels,
-		logger:   logger.With(zap.String("cache_dir", dir)),
-		ctx:      ctx,
-		cancel:   cancel,
-		loaded:   make(chan struct{}),
-		limits:   limits,
-		entries:  make(map[string]*entry),
-		fills:    make(map[string]*fill),
-		mappings: make(map[keyMapping]int),
-		maxOpen:  maxOpenEntryFiles(),
+		dir:           dir,
+		tmpDir:        tmpDir,
+		levels:        levels,
+		logger:        logger.With(zap.String("cache_dir", dir)),
+		ctx:           ctx,
+		cancel:        cancel,
+		loaded:        make(chan struct{}),
+		limitsChanged: make(chan struct{}, 1),
+		limits:        limits,
+		entries:       make(map[string]*entry),
+		fills:         make(map[string]*fill),
+		mappings:      make(map[keyMapping]int),
+		maxOpen:       maxOpenEntryFiles(),
 	}
 	s.wg.Add(2)
 	go s.load()
@@ -376,7 +414,7 @@ func (s *store) closeFileLocked(of *openFile) {
 // entry is still current and the bound on open files allows; the returned
 // openFile has the caller as a user either way.
 func (s *store) adoptFile(e *entry, f *os.File) *openFile {
-	of := &openFile{f: f, users: 1}
+	of := &openFile{f: f, users: 1, id: e.known}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	cur, ok := s.entries[e.meta.Key]
@@ -552,7 +590,7 @@ var errPurged = errors.New("purged while being fetched")
 // all under one lock: a request finds either the fill or the entry, and the
 // size bound is never counted twice. It is the only way an entry is
 // created.
-func (s *store) commit(f *fill, tmpPath string, m entryMeta, reserved int64) error {
+func (s *store) commit(f *fill, tmpPath string, m entryMeta, id fileIdentity, reserved int64) error {
 	path := s.entryPath(m.Key)
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return fmt.Errorf("creating entry directory: %w", err)
@@ -570,7 +608,8 @@ func (s *store) commit(f *fill, tmpPath string, m entryMeta, reserved int64) err
 	if s.fills[f.key] == f {
 		delete(s.fills, f.key)
 	}
-	s.insertLocked(m.Key, path, m, m.fileSize(), time.Now())
+	e := s.insertLocked(m.Key, path, m, m.fileSize(), time.Now())
+	e.known = id // written and checksummed by this process
 	doomed := s.evictUntilUnderLocked(0)
 	s.mu.Unlock()
 	s.removeFiles(doomed)

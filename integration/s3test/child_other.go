@@ -4,6 +4,6 @@ package s3test
 
 import "os/exec"
 
-// configureChild has nothing to add outside Linux: there is no portable
-// parent-death signal, so cleanup relies on Gateway.Stop.
-func configureChild(cmd *exec.Cmd) {}
+// ConfigureChild has nothing to add outside Linux: there is no portable
+// parent-death signal, so cleanup relies on the caller stopping the child.
+func ConfigureChild(cmd *exec.Cmd) {}

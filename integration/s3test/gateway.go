@@ -192,7 +192,7 @@ func (g *Gateway) Start(ctx context.Context) error {
 	cmd := exec.Command(g.Binary, "--port", g.Addr, "posix", g.Dir)
 	cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY_ID="+g.AccessKey, "ROOT_SECRET_ACCESS_KEY="+g.SecretKey)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
-	configureChild(cmd)
+	ConfigureChild(cmd)
 	if err := cmd.Start(); err != nil {
 		logFile.Close()
 		return fmt.Errorf("starting %s: %w", g.Binary, err)
@@ -277,17 +277,23 @@ func (g *Gateway) Stop() error {
 	return g.stopLocked()
 }
 
-func (g *Gateway) stopLocked() error {
+func (g *Gateway) stopLocked() error { return g.endLocked(stopTimeout) }
+
+// endLocked sends SIGTERM and gives versitygw grace to exit, then SIGKILL;
+// with no grace, SIGKILL at once.
+func (g *Gateway) endLocked(grace time.Duration) error {
 	if g.cmd == nil {
 		return nil
 	}
 	cmd, exited := g.cmd, g.exited
 	g.cmd, g.exited = nil, nil
-	_ = cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-exited:
-		return nil
-	case <-time.After(stopTimeout):
+	if grace > 0 {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+			return nil
+		case <-time.After(grace):
+		}
 	}
 	if err := cmd.Process.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
 		return fmt.Errorf("killing versitygw pid %d: %w", cmd.Process.Pid, err)
@@ -298,6 +304,14 @@ func (g *Gateway) stopLocked() error {
 	case <-time.After(stopTimeout):
 		return fmt.Errorf("versitygw pid %d did not exit after SIGKILL", cmd.Process.Pid)
 	}
+}
+
+// Kill ends versitygw with SIGKILL, as a crash would: no graceful end of
+// the responses in flight, which Stop allows. Start brings it back.
+func (g *Gateway) Kill() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.endLocked(0)
 }
 
 // Close stops the gateway and removes its log, and its data directory if

@@ -27,6 +27,11 @@ type Request struct {
 	EscapedPath string
 	RawQuery    string
 	Header      http.Header
+	// Status and BodyBytes are what the proxy answered: the status it
+	// sent and how many body bytes it wrote. Both are zero until the
+	// answer is over.
+	Status    int
+	BodyBytes int64
 }
 
 // Fault changes how the proxy answers matching requests. The zero Fault
@@ -56,6 +61,10 @@ type Fault struct {
 	// Header is added to S3's (or the fault's) response headers, e.g. a
 	// Set-Cookie or an S3 Access-Control-Allow-Origin.
 	Header http.Header
+	// BytesPerSecond, when positive, caps the rate at which each
+	// response body is passed on, per request (so per connection): a
+	// slow link to S3, which stretches a fill over seconds.
+	BytesPerSecond int64
 }
 
 // Proxy is a recording reverse proxy on 127.0.0.1 in front of an S3
@@ -71,7 +80,10 @@ type Proxy struct {
 
 	mu       sync.Mutex // guards the fields below
 	requests []Request
-	fault    Fault
+	// resets counts Resets, so an answer finishing after one is not
+	// recorded on a request of the next round.
+	resets int
+	fault  Fault
 }
 
 // NewProxy starts a proxy to target (e.g. a Gateway's Endpoint) on a free
@@ -128,6 +140,7 @@ func (p *Proxy) Reset() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.requests = nil
+	p.resets++
 	p.fault = Fault{}
 }
 
@@ -180,6 +193,7 @@ func (p *Proxy) Close() error {
 
 func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 	p.mu.Lock()
+	index, round := len(p.requests), p.resets
 	p.requests = append(p.requests, Request{
 		Method:      r.Method,
 		Path:        r.URL.Path,
@@ -189,6 +203,18 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 	})
 	fault := p.fault
 	p.mu.Unlock()
+	rec := &answerRecorder{ResponseWriter: w}
+	w = rec
+	// Deferred: a cut body aborts the handler with a panic, and the
+	// answer is still worth recording.
+	defer func() {
+		p.mu.Lock()
+		if p.resets == round && index < len(p.requests) {
+			p.requests[index].Status = rec.status
+			p.requests[index].BodyBytes = rec.bytes
+		}
+		p.mu.Unlock()
+	}()
 
 	if fault.PathContains != "" && !strings.Contains(r.URL.Path, fault.PathContains) {
 		fault = Fault{}
@@ -248,12 +274,13 @@ func (p *Proxy) modifyResponse(resp *http.Response) error {
 	for k, vs := range f.Header {
 		resp.Header[k] = append(resp.Header[k], vs...)
 	}
-	if f.CutAfter > 0 || (f.StallAfter > 0 && f.Stall > 0) {
+	if f.CutAfter > 0 || (f.StallAfter > 0 && f.Stall > 0) || f.BytesPerSecond > 0 {
 		resp.Body = &faultyBody{
 			body:       resp.Body,
 			cutAfter:   f.CutAfter,
 			stallAfter: f.StallAfter,
 			stall:      f.Stall,
+			rate:       f.BytesPerSecond,
 			ctx:        resp.Request.Context(),
 			proxy:      p,
 		}
@@ -270,10 +297,12 @@ type faultyBody struct {
 	cutAfter   int64
 	stallAfter int64
 	stall      time.Duration
+	rate       int64 // bytes per second, 0 for no cap
 	ctx        context.Context
 	proxy      *Proxy
 	read       int64
 	stalled    bool
+	started    time.Time // first Read, for the rate cap
 }
 
 func (b *faultyBody) Read(buf []byte) (int, error) {
@@ -297,9 +326,60 @@ func (b *faultyBody) Read(buf []byte) (int, error) {
 			buf = buf[:left]
 		}
 	}
+	if b.rate > 0 {
+		var ok bool
+		if buf, ok = b.throttle(buf); !ok {
+			return 0, errCut
+		}
+	}
 	n, err := b.body.Read(buf)
 	b.read += int64(n)
 	return n, err
 }
 
+// throttle waits until the bytes passed on so far are within the rate cap,
+// and shortens buf to about 20 ms worth of bytes so the pace is even
+// rather than a burst per second. It reports false if the wait was cut
+// short by the client leaving or the proxy closing.
+func (b *faultyBody) throttle(buf []byte) ([]byte, bool) {
+	if b.started.IsZero() {
+		b.started = time.Now()
+	}
+	if chunk := max(b.rate/50, 1); int64(len(buf)) > chunk {
+		buf = buf[:chunk]
+	}
+	due := b.started.Add(time.Duration(float64(b.read) / float64(b.rate) * float64(time.Second)))
+	if wait := time.Until(due); wait > 0 && !b.proxy.wait(b.ctx, wait) {
+		return buf, false
+	}
+	return buf, true
+}
+
 func (b *faultyBody) Close() error { return b.body.Close() }
+
+// answerRecorder notes the status and the body bytes of the proxy's answer.
+type answerRecorder struct {
+	http.ResponseWriter
+	status int
+	bytes  int64
+}
+
+func (a *answerRecorder) WriteHeader(status int) {
+	if a.status == 0 {
+		a.status = status
+	}
+	a.ResponseWriter.WriteHeader(status)
+}
+
+func (a *answerRecorder) Write(b []byte) (int, error) {
+	if a.status == 0 {
+		a.status = http.StatusOK
+	}
+	n, err := a.ResponseWriter.Write(b)
+	a.bytes += int64(n)
+	return n, err
+}
+
+// Unwrap lets http.ResponseController reach the connection's Flush, which
+// the reverse proxy calls after every chunk of a streamed body.
+func (a *answerRecorder) Unwrap() http.ResponseWriter { return a.ResponseWriter }

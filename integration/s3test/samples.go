@@ -31,11 +31,13 @@ const (
 )
 
 // Object is one sample: its key (without any bucket prefix), body and
-// Content-Type.
+// Content-Type, and the Cache-Control stored with it, if any (Mastodon
+// uploads media with "public, max-age=315576000, immutable").
 type Object struct {
-	Key         string
-	Body        []byte
-	ContentType string
+	Key          string
+	Body         []byte
+	ContentType  string
+	CacheControl string
 }
 
 // Samples returns the Mastodon-shaped sample set: real PNG and JPEG images,

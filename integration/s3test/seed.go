@@ -62,6 +62,7 @@ func Seed(ctx context.Context, client *s3.Client, bucket, prefix string, objs []
 			Body:          bytes.NewReader(o.Body),
 			ContentLength: aws.Int64(int64(len(o.Body))),
 			ContentType:   aws.String(o.ContentType),
+			CacheControl:  optional(o.CacheControl),
 		})
 		if err != nil {
 			return nil, fmt.Errorf("putting s3://%s/%s: %w", bucket, s3Key, err)
@@ -77,4 +78,11 @@ func Seed(ctx context.Context, client *s3.Client, bucket, prefix string, objs []
 		}
 	}
 	return m, nil
+}
+
+func optional(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return aws.String(s)
 }

@@ -1,0 +1,326 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+
+	"github.com/s3mediacache/caddy-s3-media-cache/integration/s3test"
+)
+
+// An entry lives at <cache_dir>/<h[63]>/<h[61:63]>/<h> with levels 1:2, h
+// being the SHA-256 of "<bucket>/<key>", as nginx lays out
+// proxy_cache_path; nothing else is written outside temp.
+func TestEntryFileLayout(t *testing.T) {
+	dir := t.TempDir()
+	loadCache(t, dir)
+	want := map[string]bool{}
+	for _, key := range []string{s3test.KeyOriginalPNG, s3test.KeySpaceUTF8} {
+		obj := env.objects.Get(key)
+		fillEntry(t, dir, obj)
+		want[entryPathFor(dir, obj)] = true
+	}
+	files := entryFiles(t, dir)
+	for path := range files {
+		if !want[path] {
+			t.Errorf("unexpected file %s", path)
+		}
+	}
+	if len(files) != len(want) {
+		t.Errorf("files %v, want exactly %v", files, want)
+	}
+	if names := tempFiles(t, dir); len(names) != 0 {
+		t.Errorf("temp holds %v after the fills, want nothing", names)
+	}
+}
+
+// max_size bounds the entry files at every moment, by evicting the least
+// recently used; an object in use stays.
+func TestMaxSizeEvictsLeastRecentlyUsed(t *testing.T) {
+	const maxSize = 3 << 20
+	// 18 × 900 KiB: over five times max_size; three fit.
+	objs := webpObjects(t, 18, 900<<10, 100)
+	seeded := seedObjects(t, objs...)
+	dir := t.TempDir()
+	loadCache(t, dir, "max_size 3MiB")
+
+	wantUnder := func(after string) {
+		t.Helper()
+		if total := entryBytes(t, dir); total > maxSize {
+			t.Fatalf("after %s: entry files hold %d bytes, over max_size %d: %v", after, total, maxSize, entryFiles(t, dir))
+		}
+	}
+	hot := seeded[objs[0].Key]
+	fillEntry(t, dir, hot)
+	pushed := hot.Size
+	for i, o := range objs[1:] {
+		obj := seeded[o.Key]
+		wantMissFromS3(t, obj)
+		waitEntry(t, dir, obj)
+		pushed += obj.Size
+		wantUnder("GET " + obj.Key)
+		if i%2 == 1 {
+			wantHitWithoutS3(t, hot)
+			wantUnder("GET " + hot.Key)
+		}
+	}
+	if pushed < 5*maxSize {
+		t.Fatalf("pushed only %d bytes through a %d-byte cache", pushed, maxSize)
+	}
+	if n := len(entryFiles(t, dir)); n < 2 {
+		t.Errorf("%d entries left in a cache with room for 3", n)
+	}
+	// The oldest, unused, went first.
+	first := seeded[objs[1].Key]
+	if exists(entryPathFor(dir, first)) {
+		t.Errorf("%s is still cached after %d bytes went through", first.Key, pushed)
+	}
+	wantMissFromS3(t, first)
+	waitEntry(t, dir, first)
+	wantUnder("GET " + first.Key + " again")
+}
+
+// inactive evicts entries nobody asked for in that long, and only those.
+func TestInactiveEntriesAreEvicted(t *testing.T) {
+	dir := t.TempDir()
+	loadCache(t, dir, "inactive 1s")
+	obj := env.objects.Get(s3test.KeyCachedMP4)
+	fillEntry(t, dir, obj)
+	time.Sleep(600 * time.Millisecond)
+	wantHitWithoutS3(t, obj)
+	lastUse := time.Now()
+
+	path := entryPathFor(dir, obj)
+	if !waitFor(5*time.Second, func() bool { return !exists(path) }) {
+		t.Fatalf("entry still on disk 5s after its last use with inactive 1s")
+	}
+	idle := time.Since(lastUse)
+	if idle < 900*time.Millisecond {
+		t.Errorf("entry evicted %s after its last use, before inactive (1s) passed", idle)
+	}
+	t.Logf("evicted %s after its last use", idle)
+	wantGet(t, obj, "MISS")
+	wantS3Gets(t, obj, 1)
+}
+
+// A reload that shortens inactive applies it to the store it keeps, on
+// the new schedule (the manager runs every min(10s, inactive/4)).
+func TestReloadShorteningInactiveAppliesIt(t *testing.T) {
+	dir := t.TempDir()
+	loadCache(t, dir)
+	obj := env.objects.Get(s3test.KeyCachedMP4)
+	fillEntry(t, dir, obj)
+	loadCache(t, dir, "inactive 1s")
+	reloaded := time.Now()
+	if !waitFor(4*time.Second, func() bool { return !exists(entryPathFor(dir, obj)) }) {
+		t.Fatalf("entry still on disk %s after a reload to inactive 1s", time.Since(reloaded).Round(time.Millisecond))
+	}
+	t.Logf("evicted %s after the reload", time.Since(reloaded))
+}
+
+// forceReload makes Caddy load caddyfile even if it is the running config,
+// as `caddy reload --force` does. caddytest's InitServer skips a config
+// that did not change, so it never exercises a real reload.
+func forceReload(t *testing.T, caddyfile string) {
+	t.Helper()
+	cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(caddyfile), nil)
+	if err != nil {
+		t.Fatalf("adapting: %v", err)
+	}
+	if err := caddy.Load(cfg, true); err != nil {
+		t.Fatalf("reloading: %v", err)
+	}
+}
+
+// The cache outlives the config: after Caddy ran without the module, the
+// entries on disk are hits at once; a reload keeps the store itself,
+// fills in flight included.
+func TestEntriesSurviveRestartAndReload(t *testing.T) {
+	dir := t.TempDir()
+	config := siteConfig(cacheBlock(dir))
+	objs := []s3test.Seeded{
+		env.objects.Get(s3test.KeyOneMB),
+		env.objects.Get(s3test.KeyOriginalPNG),
+		env.objects.Get(s3test.KeyCachedMP4),
+	}
+	loadCache(t, dir)
+	for _, obj := range objs {
+		fillEntry(t, dir, obj)
+	}
+
+	// A config without the module closes the store, as a restart does.
+	load(t, caddyfileFor(env.ports, "respond 404"))
+	leftover := filepath.Join(dir, "temp", "fill-from-a-crash")
+	must(t, os.WriteFile(leftover, []byte("half an object"), 0o600))
+
+	t.Run("restart", func(t *testing.T) {
+		loadCache(t, dir)
+		wantHitWithoutS3(t, objs[0])
+		if exists(leftover) {
+			t.Errorf("temp file %s survived the start", leftover)
+		}
+	})
+
+	t.Run("forced reload of the same config", func(t *testing.T) {
+		forceReload(t, config)
+		wantHitWithoutS3(t, objs[1])
+	})
+
+	t.Run("InitServer with the same config", func(t *testing.T) {
+		load(t, config)
+		wantHitWithoutS3(t, objs[2])
+	})
+
+	t.Run("fill in flight across a reload", func(t *testing.T) {
+		big := bigObject(t)
+		env.proxy.Reset()
+		env.proxy.SetFault(s3test.Fault{BytesPerSecond: slowLink})
+		url := env.baseURL() + urlPath(big.Key)
+		var first streamed
+		var wg sync.WaitGroup
+		hasBytes := make(chan struct{})
+		wg.Go(func() { first = stream(context.Background(), http.MethodGet, url, func() { close(hasBytes) }) })
+		<-hasBytes
+		// Returns once the old server is gone, which may cut the first
+		// client off after grace_period: Caddy's doing, not the cache's.
+		forceReload(t, config)
+		second := stream(context.Background(), http.MethodGet, url, nil)
+		wg.Wait()
+		t.Logf("the client of the old config got %d of %d bytes (read error %v)", first.n, big.Size, first.readErr)
+		if ok, why := second.complete(http.StatusOK, big.Body); !ok {
+			t.Errorf("client after the reload: %s", why)
+		}
+		if !second.firstByte.Before(first.lastByte) && first.n == big.Size {
+			t.Errorf("the client after the reload did not join the fill in flight")
+		}
+		wantS3Gets(t, big, 1)
+		waitEntry(t, dir, big)
+		wantHitWithoutS3(t, big)
+	})
+}
+
+// Two sites naming one cache_dir share its entries; a site on another
+// bucket does not take them for its own.
+func TestSitesWithOneCacheDirShareEntries(t *testing.T) {
+	dir := t.TempDir()
+	siteFor := func(host, block string) string {
+		return fmt.Sprintf("\nhttp://%s:%d {\n\ts3_media_cache {\n%s\n\t}\n}\n", host, env.ports.http, indent(block))
+	}
+	publicBlock := strings.Join([]string{
+		"bucket " + publicBucket, "endpoint " + env.proxy.URL(), "path_style", "anonymous", "cache_dir " + dir,
+	}, "\n")
+	load(t, siteConfig(cacheBlock(dir))+siteFor("b.example", cacheBlock(dir))+siteFor("public.example", publicBlock))
+	warmUp(t)
+
+	obj := env.objects.Get(s3test.KeyOriginalPNG)
+	url := env.baseURL() + urlPath(obj.Key)
+	fillEntry(t, dir, obj)
+
+	env.proxy.Reset()
+	r := stream(context.Background(), http.MethodGet, url, nil, "Host: b.example")
+	if ok, why := r.complete(http.StatusOK, obj.Body); !ok {
+		t.Fatalf("site b: %s", why)
+	}
+	if got := r.header.Get("X-Cache-Status"); got != "HIT" {
+		t.Errorf("site b: X-Cache-Status = %q, want HIT from site a's entry", got)
+	}
+	wantS3Requests(t, 0)
+
+	env.proxy.Reset()
+	pub := env.public.Get(s3test.KeyOriginalPNG)
+	r = stream(context.Background(), http.MethodGet, url, nil, "Host: public.example")
+	if ok, why := r.complete(http.StatusOK, pub.Body); !ok {
+		t.Fatalf("public site: %s", why)
+	}
+	if got := r.header.Get("X-Cache-Status"); got != "MISS" {
+		t.Errorf("public site: X-Cache-Status = %q, want MISS: its bucket is another one", got)
+	}
+	if n := env.proxy.CountFor(http.MethodGet, s3Path(publicBucket, pub.S3Key)); n != 1 {
+		t.Errorf("S3 GETs of the public bucket's object = %d, want 1: %v", n, env.proxy.Counts())
+	}
+	if !waitFor(5*time.Second, func() bool { return exists(entryPathForKey(dir, publicBucket+"/"+pub.S3Key)) }) {
+		t.Errorf("no entry for the public bucket's object: %v", entryFiles(t, dir))
+	}
+}
+
+// Fills in flight count against max_size too: while many run at once, the
+// entry files plus the temp files being written stay under it, and every
+// client still gets its bytes (stored or not).
+func TestMaxSizeHoldsDuringConcurrentFills(t *testing.T) {
+	const maxSize = 3 << 20
+	objs := webpObjects(t, 8, 900<<10, 200)
+	seeded := seedObjects(t, objs...)
+	dir := t.TempDir()
+	loadCache(t, dir, "max_size 3MiB")
+	env.proxy.SetFault(s3test.Fault{BytesPerSecond: 1 << 20})
+
+	results := make([]streamed, len(objs))
+	var wg sync.WaitGroup
+	for i, o := range objs {
+		wg.Go(func() {
+			results[i] = stream(context.Background(), http.MethodGet, env.baseURL()+urlPath(o.Key), nil)
+		})
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	peak := int64(0)
+	for sampling := true; sampling; {
+		select {
+		case <-done:
+			sampling = false
+		case <-time.After(20 * time.Millisecond):
+		}
+		total := entryBytes(t, dir)
+		for _, name := range tempFiles(t, dir) {
+			if info, err := os.Stat(filepath.Join(dir, "temp", name)); err == nil && strings.HasPrefix(name, "fill-") {
+				total += info.Size()
+			}
+		}
+		peak = max(peak, total)
+	}
+	t.Logf("peak of entry plus fill files: %d bytes", peak)
+	if peak > maxSize {
+		t.Errorf("entry and fill files reached %d bytes, over max_size %d", peak, maxSize)
+	}
+	for i, o := range objs {
+		if ok, why := results[i].complete(http.StatusOK, seeded[o.Key].Body); !ok {
+			t.Errorf("%s: %s", o.Key, why)
+		}
+	}
+	if total := entryBytes(t, dir); total > maxSize {
+		t.Errorf("entry files hold %d bytes, over max_size %d", total, maxSize)
+	}
+}
+
+// A reload with a smaller max_size applies it to the entries already
+// there, at once.
+func TestReloadWithSmallerMaxSizeEvictsAtOnce(t *testing.T) {
+	dir := t.TempDir()
+	loadCache(t, dir, "max_size 10MiB")
+	var objs []s3test.Seeded
+	for _, key := range []string{s3test.KeyOneMB, s3test.KeyCachedMP4, s3test.KeyOriginalPNG, s3test.KeyAvatarJPEG} {
+		obj := env.objects.Get(key)
+		fillEntry(t, dir, obj)
+		objs = append(objs, obj)
+	}
+	before := entryBytes(t, dir)
+	const smaller = 512 << 10
+	load(t, siteConfig(cacheBlock(dir, "max_size 512KiB")))
+	if total := entryBytes(t, dir); total > smaller {
+		t.Errorf("entry files hold %d bytes (%d before) after a reload to max_size %d", total, before, smaller)
+	}
+	// The small ones, used last, are still there.
+	env.proxy.Reset()
+	last := objs[len(objs)-1]
+	wantGet(t, last, "HIT")
+	wantS3Requests(t, 0)
+}
