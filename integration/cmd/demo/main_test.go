@@ -45,7 +45,7 @@ func TestOptionsRejectNonLoopbackListen(t *testing.T) {
 			t.Errorf("listen %q: err = %v, want ok=%v", c.listen, err, c.ok)
 		}
 	}
-	if err := (options{listen: "127.0.0.1:8080"}).check(); err == nil || !strings.Contains(err.Error(), "xcaddy") {
-		t.Errorf("missing --caddy: err = %v, want a hint naming xcaddy", err)
+	if err := (options{listen: "127.0.0.1:8080"}).check(); err == nil || !strings.Contains(err.Error(), "scripts/build") {
+		t.Errorf("missing --caddy: err = %v, want a hint naming scripts/build", err)
 	}
 }
