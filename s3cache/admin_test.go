@@ -1,9 +1,7 @@
 package s3cache
 
 import (
-	"bytes"
 	"encoding/json"
-	"io"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -12,9 +10,7 @@ import (
 
 func TestAdminAPIStatsAndPurge(t *testing.T) {
 	data := objectBytes(30_000)
-	o := &scriptedOrigin{respond: func(originRequest) (*originResponse, error) {
-		return okResponse(data, io.NopCloser(bytes.NewReader(data))), nil
-	}}
+	o := servingOrigin(data)
 	h := newCachedHandler(t, o, t.TempDir(), func(h *Handler) { h.stripPrefix = "/system" })
 	srv := serve(t, h)
 	for _, p := range []string{"/system/accounts/avatars/1/a.png", "/system/accounts/avatars/1/b.png", "/system/media/c.png"} {

@@ -1,7 +1,6 @@
 package s3cache
 
 import (
-	"bytes"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -27,9 +26,7 @@ func (w *discardWriter) ReadFrom(r io.Reader) (int64, error) {
 
 func benchmarkHit(b *testing.B, size int) {
 	data := objectBytes(size)
-	o := &scriptedOrigin{respond: func(originRequest) (*originResponse, error) {
-		return okResponse(data, io.NopCloser(bytes.NewReader(data))), nil
-	}}
+	o := servingOrigin(data)
 	h := newCachedHandler(&testing.T{}, o, b.TempDir(), nil)
 	b.Cleanup(func() { releaseStore(h.storeDir) })
 	req := httptest.NewRequest("GET", "/media_attachments/files/1/original/a.png", nil)
@@ -57,9 +54,7 @@ func BenchmarkHit1MB(b *testing.B)  { benchmarkHit(b, 1<<20) }
 func BenchmarkFillFanOut(b *testing.B) {
 	const readers = 32
 	data := objectBytes(1 << 20)
-	o := &scriptedOrigin{respond: func(originRequest) (*originResponse, error) {
-		return okResponse(data, io.NopCloser(bytes.NewReader(data))), nil
-	}}
+	o := servingOrigin(data)
 	h := newCachedHandler(&testing.T{}, o, b.TempDir(), func(h *Handler) { h.MaxSize = 1 << 30 })
 	b.Cleanup(func() { releaseStore(h.storeDir) })
 	b.SetBytes(int64(len(data)) * readers)

@@ -66,6 +66,13 @@ func objectBytes(n int) []byte {
 	return b
 }
 
+// servingOrigin answers every fetch with data, whole.
+func servingOrigin(data []byte) *scriptedOrigin {
+	return &scriptedOrigin{respond: func(originRequest) (*originResponse, error) {
+		return okResponse(data, io.NopCloser(bytes.NewReader(data))), nil
+	}}
+}
+
 func okResponse(data []byte, body io.ReadCloser) *originResponse {
 	return &originResponse{status: 200, header: http.Header{
 		"Content-Length": {strconv.Itoa(len(data))},
@@ -252,9 +259,7 @@ func TestFillFailureAbortsReadersAndStoresNothing(t *testing.T) {
 
 func TestHitAnswersRangesConditionalsAndHead(t *testing.T) {
 	data := objectBytes(100_000)
-	o := &scriptedOrigin{respond: func(originRequest) (*originResponse, error) {
-		return okResponse(data, io.NopCloser(bytes.NewReader(data))), nil
-	}}
+	o := servingOrigin(data)
 	h := newCachedHandler(t, o, t.TempDir(), nil)
 	srv := serve(t, h)
 	get(t, srv.URL+"/v/a.mp4") // fill
@@ -306,9 +311,7 @@ func TestHitAnswersRangesConditionalsAndHead(t *testing.T) {
 func TestEvictionKeepsStoreUnderMaxSize(t *testing.T) {
 	data := objectBytes(100_000)
 	dir := t.TempDir()
-	o := &scriptedOrigin{respond: func(originRequest) (*originResponse, error) {
-		return okResponse(data, io.NopCloser(bytes.NewReader(data))), nil
-	}}
+	o := servingOrigin(data)
 	const maxSize = 1_000_000
 	h := newCachedHandler(t, o, dir, func(h *Handler) { h.MaxSize = maxSize })
 	srv := serve(t, h)
@@ -335,9 +338,7 @@ func TestEvictionKeepsStoreUnderMaxSize(t *testing.T) {
 func TestRestartServesHitsFromDisk(t *testing.T) {
 	data := objectBytes(70_000)
 	dir := t.TempDir()
-	o := &scriptedOrigin{respond: func(originRequest) (*originResponse, error) {
-		return okResponse(data, io.NopCloser(bytes.NewReader(data))), nil
-	}}
+	o := servingOrigin(data)
 	h := newCachedHandler(t, o, dir, nil)
 	srv := serve(t, h)
 	get(t, srv.URL+"/v/a.mp4")
@@ -358,9 +359,7 @@ func TestRestartServesHitsFromDisk(t *testing.T) {
 func TestCorruptEntryIsNeverServed(t *testing.T) {
 	data := objectBytes(70_000)
 	dir := t.TempDir()
-	o := &scriptedOrigin{respond: func(originRequest) (*originResponse, error) {
-		return okResponse(data, io.NopCloser(bytes.NewReader(data))), nil
-	}}
+	o := servingOrigin(data)
 	h := newCachedHandler(t, o, dir, nil)
 	srv := serve(t, h)
 	get(t, srv.URL+"/v/a.mp4")
@@ -525,9 +524,7 @@ func TestNegativeCachingAbsorbsRepeats(t *testing.T) {
 func TestOversizedObjectIsPassedThrough(t *testing.T) {
 	data := objectBytes(10_000)
 	dir := t.TempDir()
-	o := &scriptedOrigin{respond: func(originRequest) (*originResponse, error) {
-		return okResponse(data, io.NopCloser(bytes.NewReader(data))), nil
-	}}
+	o := servingOrigin(data)
 	h := newCachedHandler(t, o, dir, func(h *Handler) { h.MaxObjectSize = 5_000 })
 	srv := serve(t, h)
 	for range 2 {
@@ -625,9 +622,7 @@ func dirBytes(t *testing.T, dir string) int64 {
 // see it.
 func TestBitRotInALaterBlockCutsTheTransfer(t *testing.T) {
 	data := objectBytes(3 * blockSize)
-	o := &scriptedOrigin{respond: func(originRequest) (*originResponse, error) {
-		return okResponse(data, io.NopCloser(bytes.NewReader(data))), nil
-	}}
+	o := servingOrigin(data)
 	h := newCachedHandler(t, o, t.TempDir(), nil)
 	srv := serve(t, h)
 	get(t, srv.URL+"/v/a.mp4")

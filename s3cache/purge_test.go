@@ -19,9 +19,7 @@ func withPurge(h *Handler) {
 // CacheBusterWorker sends (GET, the media URL, the secret header).
 func TestCacheBusterPurgesWithTheRightSecretOnly(t *testing.T) {
 	data := objectBytes(20_000)
-	o := &scriptedOrigin{respond: func(originRequest) (*originResponse, error) {
-		return okResponse(data, io.NopCloser(bytes.NewReader(data))), nil
-	}}
+	o := servingOrigin(data)
 	h := newCachedHandler(t, o, t.TempDir(), withPurge)
 	srv := serve(t, h)
 	get(t, srv.URL+"/v/a.mp4")
