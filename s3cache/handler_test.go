@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 )
@@ -200,5 +201,24 @@ func TestLocalRootNeverLeadsOutside(t *testing.T) {
 		if resp.StatusCode != tt.wantStatus || string(body) != tt.wantBody || resp.Header.Get("X-Cache-Status") != tt.wantCache {
 			t.Errorf("%s: %d %q %s, want %d %q %s", tt.path, resp.StatusCode, body, resp.Header.Get("X-Cache-Status"), tt.wantStatus, tt.wantBody, tt.wantCache)
 		}
+	}
+}
+
+// TestStatusPlaceholderForAccessLogs checks {http.s3_media_cache.status},
+// which access logs use to record the cache's verdict.
+func TestStatusPlaceholderForAccessLogs(t *testing.T) {
+	data := objectBytes(1000)
+	h := newCachedHandler(t, servingOrigin(data), t.TempDir(), nil)
+	for _, want := range []string{"MISS", "HIT"} {
+		repl := caddy.NewReplacer()
+		req := httptest.NewRequest("GET", "/v/a.mp4", nil)
+		req = req.WithContext(context.WithValue(req.Context(), caddy.ReplacerCtxKey, repl))
+		if err := h.ServeHTTP(httptest.NewRecorder(), req, nil); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := repl.GetString("http.s3_media_cache.status"); got != want {
+			t.Fatalf("placeholder = %q, want %q", got, want)
+		}
+		waitStored(t, h, "v/a.mp4")
 	}
 }
