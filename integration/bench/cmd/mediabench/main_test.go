@@ -1,0 +1,208 @@
+package main
+
+import (
+	"encoding/xml"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+const wrkOutput = `Running 8s test @ http://127.0.0.1:40000/media_attachments/files/hot-50k.jpg
+  1 threads and 32 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     1.02ms  213.50us   9.87ms   91.20%
+    Req/Sec    31.41k     1.02k   33.01k    72.50%
+  Latency Distribution
+     50%    0.98ms
+     75%    1.07ms
+     90%    1.21ms
+     99%    1.80ms
+  250163 requests in 8.00s, 11.71GB read
+  Socket errors: connect 0, read 2, write 0, timeout 1
+  Non-2xx or 3xx responses: 4
+Requests/sec:  31267.12
+Transfer/sec:      1.46GB
+`
+
+func TestParseWrkReadsRateErrorsAndLatencies(t *testing.T) {
+	r, err := parseWrk(wrkOutput, "http://x/", 32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Requests != 250163 || r.RequestsPerSec != 31267.12 || r.Duration != 8*time.Second {
+		t.Errorf("requests %d, rate %v, duration %v", r.Requests, r.RequestsPerSec, r.Duration)
+	}
+	if r.Non2xx != 4 || r.SocketErrors != 3 {
+		t.Errorf("non-2xx %d, socket errors %d, want 4 and 3", r.Non2xx, r.SocketErrors)
+	}
+	if r.Latency["p50"] != 980*time.Microsecond || r.Latency["p99"] != 1800*time.Microsecond {
+		t.Errorf("latencies %v", r.Latency)
+	}
+	if r.failures() == "" {
+		t.Error("a run with errors reports no failure")
+	}
+	if _, err := parseWrk("wrk: connection refused", "http://x/", 1); err == nil {
+		t.Error("unreadable output parsed without error")
+	}
+}
+
+func TestParseBytesUsesPowersOfTen(t *testing.T) {
+	for in, want := range map[string]int64{"10MB": 10_000_000, "3MB": 3_000_000, "1.5MB": 1_500_000, "500kB": 500_000, "42": 42, "2GB": 2_000_000_000} {
+		got, err := parseBytes(in)
+		if err != nil || got != want {
+			t.Errorf("parseBytes(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "MB", "ten MB", "-1MB"} {
+		if _, err := parseBytes(bad); err == nil {
+			t.Errorf("parseBytes(%q) succeeded", bad)
+		}
+	}
+}
+
+func TestQuickModeShrinksTheRun(t *testing.T) {
+	full, err := parseFlags(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	quick, err := parseFlags([]string{"-quick"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if quick.duration >= full.duration || quick.restartEntries >= full.restartEntries || quick.workingSet >= full.workingSet {
+		t.Errorf("quick mode is not smaller: %+v", quick)
+	}
+	if _, err := parseFlags([]string{"-server-cpu", "1", "-load-cpu", "1"}); err == nil {
+		t.Error("the same core for the server and the load was accepted")
+	}
+	only, err := parseFlags([]string{"-only", "stampede|restart"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !only.selected("stampede") || !only.selected("restart") || only.selected("memory") {
+		t.Error("-only selects the wrong scenarios")
+	}
+}
+
+// The rendered nginx configs must be accepted by nginx itself, when it is
+// installed; the Caddyfile by caddy adapt, when ./caddy has been built.
+func TestTemplatesRenderValidConfigs(t *testing.T) {
+	dir := t.TempDir()
+	certPath, keyPath := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	if _, err := writeCertificate(certPath, keyPath); err != nil {
+		t.Fatal(err)
+	}
+	cache, err := nginxBase(filepath.Join(dir, "cache"), "127.0.0.1:18080")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cache.Root, cache.CacheDir = dir, filepath.Join(dir, "nginx-cache")
+	cache.S3Backend, cache.S3Host = "http://127.0.0.1:18081/"+bucket, "127.0.0.1:18081"
+	front, err := nginxBase(filepath.Join(dir, "tls"), "127.0.0.1:18443")
+	if err != nil {
+		t.Fatal(err)
+	}
+	front.Upstream, front.Cert, front.Key = cache.Listen, certPath, keyPath
+
+	for name, c := range map[string]nginxConfig{"nginx-cache.conf.tmpl": cache, "nginx-tls.conf.tmpl": front} {
+		conf := filepath.Join(c.Dir, "nginx.conf")
+		if err := render(name, c, conf); err != nil {
+			t.Fatal(err)
+		}
+		text, _ := os.ReadFile(conf)
+		for _, line := range []string{"proxy_cache_lock on;", "proxy_cache_path", "keepalive"} {
+			if name == "nginx-cache.conf.tmpl" && !strings.Contains(string(text), line) {
+				t.Errorf("%s: no %q", name, line)
+			}
+		}
+		bin, err := findBinary("nginx", "")
+		if err != nil {
+			continue
+		}
+		out, err := exec.Command(bin, "-p", c.Dir, "-e", filepath.Join(c.Dir, "error.log"), "-c", conf, "-t", "-q").CombinedOutput()
+		if err != nil {
+			t.Errorf("nginx -t rejects %s: %v\n%s\n%s", name, err, out, text)
+		}
+	}
+
+	caddyfile := filepath.Join(dir, "Caddyfile")
+	err = render("Caddyfile.tmpl", caddyConfig{
+		Admin: "127.0.0.1:12019", HTTP: "127.0.0.1:18082", TLS: "127.0.0.1:18444", Bucket: bucket,
+		Endpoint: "http://127.0.0.1:18081", Root: dir, CacheDir: filepath.Join(dir, "caddy-cache"), Cert: certPath, Key: keyPath,
+	}, caddyfile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caddy, _ := filepath.Abs("../../../../caddy")
+	if _, err := os.Stat(caddy); err == nil {
+		if out, err := exec.Command(caddy, "adapt", "--validate", "--adapter", "caddyfile", "--config", caddyfile).CombinedOutput(); err != nil {
+			t.Errorf("caddy adapt --validate rejects the Caddyfile: %v\n%s", err, out)
+		}
+	}
+}
+
+func TestChartIsWellFormedSVG(t *testing.T) {
+	r := newReport(config{})
+	r.quick = false
+	r.add(row{Scenario: "hit", Unit: "req/s", Nginx: f64(30000), Ours: 27000, Label: "HIT <50 KB> & more"}, ratioAtLeast(0.9))
+	r.add(row{Scenario: "stampede TTFB", Unit: "ms", Nginx: f64(3000), Ours: 70, LowerIsBetter: true}, ratioAtMost(0.1))
+	r.add(row{Scenario: "restart", Unit: "ms", Ours: 100, LowerIsBetter: true}, lessThan(1000, "< 1 s"))
+	svg := chartSVG(r)
+	dec := xml.NewDecoder(strings.NewReader(svg))
+	for {
+		_, err := dec.Token()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("chart is not well-formed XML: %v\n%s", err, svg)
+		}
+	}
+	if n := strings.Count(svg, "<rect "); n != 3 { // the background and two bars
+		t.Errorf("%d rects, want the background and 2 bars (rows without nginx are not charted)", n)
+	}
+	if !strings.Contains(svg, "42.86×") { // 3000 ms / 70 ms
+		t.Error("the TTFB bar does not show nginx/ours")
+	}
+}
+
+func TestReportFailsOnlyOnCorrectnessTargets(t *testing.T) {
+	r := newReport(config{quick: true})
+	r.add(row{Scenario: "slow", Unit: "req/s", Nginx: f64(100), Ours: 10}, ratioAtLeast(0.9))
+	if len(r.Failures) != 0 || r.Rows[0].Met != nil {
+		t.Errorf("a timing target was checked in quick mode: %+v", r.Rows[0])
+	}
+	r.add(row{Scenario: "gets", Unit: "GETs", Nginx: f64(1), Ours: 2}, exactly(1))
+	if len(r.Failures) != 1 {
+		t.Errorf("a missed S3 request count did not fail the run: %v", r.Failures)
+	}
+	if md := r.markdown(); !strings.Contains(md, "| gets, GETs | 1 | 2 | 2.00× | exactly 1 | MISSED |") {
+		t.Errorf("markdown:\n%s", md)
+	}
+}
+
+func TestForeignCPUCountsOnlyOtherProcesses(t *testing.T) {
+	self := os.Getpid()
+	before := map[int]procTimes{
+		self:    {ppid: 1, ticks: 1000},
+		4000001: {ppid: self, ticks: 0},    // a server the bench started
+		4000002: {ppid: 1, ticks: 100},     // someone else's build
+		4000003: {ppid: 2, ticks: 0},       // a kernel thread
+		4000004: {ppid: 4000001, ticks: 0}, // nginx's worker
+	}
+	after := map[int]procTimes{
+		self:    {ppid: 1, ticks: 1500},
+		4000001: {ppid: self, ticks: 400},
+		4000002: {ppid: 1, ticks: 150},
+		4000003: {ppid: 2, ticks: 90},
+		4000004: {ppid: 4000001, ticks: 300},
+		4000005: {ppid: 1, ticks: 25}, // started during the run
+	}
+	if got := foreignCPU(before, after, time.Second); got != 0.75 {
+		t.Errorf("foreignCPU = %v cores, want 0.75 (50 + 25 ticks in one second)", got)
+	}
+}

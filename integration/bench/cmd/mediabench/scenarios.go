@@ -1,0 +1,692 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/s3mediacache/caddy-s3-media-cache/integration/bench/stampede"
+	"github.com/s3mediacache/caddy-s3-media-cache/integration/s3test"
+)
+
+// warm puts the hot objects and the working set in both caches, checking
+// the bytes of every response, that the second request for an object is
+// a HIT, and that each cache fetched each object from S3 exactly once.
+func (b *bench) warm(ctx context.Context) error {
+	hot := []object{b.cat.hot50k, b.cat.hot1m, b.cat.hot20m}
+	gets := map[string]float64{}
+	for _, s := range b.servers() {
+		s.s3.Reset()
+		for _, o := range hot {
+			for i, url := range []string{s.httpURL + o.path(), s.httpURL + o.path(), s.tlsURL + o.path()} {
+				r := b.fetch(ctx, url, o)
+				if r.err != nil {
+					return errors.Join(errHarness, fmt.Errorf("%s: %w", s.name, r.err))
+				}
+				if i > 0 && r.cacheStatus != "HIT" {
+					return errors.Join(errHarness, fmt.Errorf("%s: GET %s after a first GET: X-Cache-Status %q, want HIT", s.name, url, r.cacheStatus))
+				}
+			}
+		}
+		// The working set is loaded at full speed: the link shapes
+		// scenarios, not set-up.
+		started := time.Now()
+		var n int
+		err := b.withLink(0, 0, func() error {
+			var err error
+			n, err = b.fetchAll(ctx, s.httpURL, b.cat.workingSet, 5*time.Minute)
+			return err
+		})
+		if err == nil && n < len(b.cat.workingSet) {
+			err = fmt.Errorf("only %d of %d working-set objects fetched within 5 minutes", n, len(b.cat.workingSet))
+		}
+		if err != nil {
+			return errors.Join(errHarness, fmt.Errorf("%s: warming the working set: %w", s.name, err))
+		}
+		fmt.Printf("  %s: %d hot objects and %d working-set objects cached in %s\n", s.name, len(hot), n, time.Since(started).Round(time.Millisecond))
+		gets[s.name] = float64(s.s3.Count(http.MethodGet, ""))
+	}
+	b.report.add(row{Scenario: fmt.Sprintf("warm-up: S3 GETs to cache %s objects", formatValue(float64(len(hot)+len(b.cat.workingSet)), "GETs")), Unit: "GETs",
+		Nginx: f64(gets["nginx"]), Ours: gets["ours"], LowerIsBetter: true}, exactly(float64(len(hot)+len(b.cat.workingSet))))
+	return nil
+}
+
+func (b *bench) tlsHits(ctx context.Context) error {
+	err := b.throughput(ctx, row{Scenario: "end to end over TLS, hot HIT 50 KB: one Caddy vs two nginx", Label: "TLS end to end, HIT 50 KB"},
+		true, []object{b.cat.hot50k}, "", ratioAtLeast(1.5))
+	if err != nil {
+		return err
+	}
+	return b.throughput(ctx, row{Scenario: "end to end over TLS, hot HIT 1 MB: one Caddy vs two nginx", Label: "TLS end to end, HIT 1 MB"},
+		true, []object{b.cat.hot1m}, "", ratioAtLeast(1.5))
+}
+
+func (b *bench) plainHits(ctx context.Context) error {
+	err := b.throughput(ctx, row{Scenario: fmt.Sprintf("hot HIT 50 KB, %d connections, plain HTTP", b.cfg.connections), Label: "HIT 50 KB, plain HTTP"},
+		false, []object{b.cat.hot50k}, "", ratioAtLeast(0.9))
+	if err != nil {
+		return err
+	}
+	if b.cfg.profile {
+		if err := b.profileHits(ctx); err != nil {
+			return err
+		}
+	}
+	err = b.throughput(ctx, row{Scenario: "hot HIT 1 MB, plain HTTP", Label: "HIT 1 MB, plain HTTP"}, false, []object{b.cat.hot1m}, "", ratioAtLeast(1.0))
+	if err != nil {
+		return err
+	}
+	return b.throughput(ctx, row{Scenario: "hot HIT 20 MB, plain HTTP", Label: "HIT 20 MB, plain HTTP"}, false, []object{b.cat.hot20m}, "", ratioAtLeast(1.0))
+}
+
+func (b *bench) workingSet(ctx context.Context) error {
+	paths := make([]string, len(b.cat.workingSet))
+	for i, o := range b.cat.workingSet {
+		paths[i] = o.path()
+	}
+	script := filepath.Join(b.work, "working-set.lua")
+	if err := writeRandomPathsScript(script, filepath.Join(b.work, "working-set.txt"), paths); err != nil {
+		return err
+	}
+	n := groupThousands(strconv.Itoa(len(paths)))
+	return b.throughput(ctx, row{
+		Scenario: fmt.Sprintf("working set of %s small objects (%s), random keys, all cached", n, sizeString(b.cfg.smallSize)),
+		Label:    "working set, " + n + " objects",
+	}, false, b.cat.workingSet, script, ratioAtLeast(0.9))
+}
+
+// throughput runs wrk against each server, for objs[0] or, with a
+// script, for the paths the script picks: a warm-up run each, then
+// cfg.rounds measured runs each, alternating which server goes first, so
+// that a machine getting slower or faster during the scenario weighs on
+// both alike. A run during which another process took more than
+// maxForeignCPU of a core is done again (twice at most). The figure is
+// the median of the rounds. Every response must be a 2xx and ours must
+// not ask S3 for anything; afterwards a sample object is fetched, and
+// must be a HIT with the right bytes.
+func (b *bench) throughput(ctx context.Context, rw row, overTLS bool, objs []object, script string, t target) error {
+	scenario := rw.Scenario
+	servers := b.servers()
+	url := func(s server) string {
+		base := s.httpURL
+		if overTLS {
+			base = s.tlsURL
+		}
+		if script != "" {
+			return base + "/"
+		}
+		return base + objs[0].path()
+	}
+	for _, s := range servers {
+		s.s3.Reset()
+		if b.cfg.warmup > 0 {
+			if _, err := runWrk(ctx, b.wrkBin, b.cfg.loadCPU, url(s), b.cfg.connections, b.cfg.warmup, script); err != nil {
+				return err
+			}
+		}
+	}
+	runs := map[string][]wrkResult{}
+	for round := range b.cfg.rounds {
+		order := []server{servers[0], servers[1]}
+		if round%2 == 1 {
+			order[0], order[1] = order[1], order[0]
+		}
+		for _, s := range order {
+			res, err := b.measure(ctx, scenario, s.name, url(s), script)
+			if err != nil {
+				return err
+			}
+			runs[s.name] = append(runs[s.name], res)
+		}
+	}
+
+	rate, serverBusy, loadBusy := map[string]float64{}, map[string]float64{}, map[string]float64{}
+	for _, s := range servers {
+		var rates, sb, lb []float64
+		for _, r := range runs[s.name] {
+			rates, sb, lb = append(rates, r.RequestsPerSec), append(sb, r.ServerCoreBusy), append(lb, r.LoadCoreBusy)
+		}
+		rate[s.name], serverBusy[s.name], loadBusy[s.name] = median(rates), median(sb), median(lb)
+		if n := s.s3.Count("", ""); n != 0 {
+			if s.name == "ours" {
+				b.report.fail(fmt.Sprintf("%s: ours made %d S3 requests while every object was cached", scenario, n))
+			} else {
+				b.report.warn(fmt.Sprintf("%s: nginx made %d S3 requests while every object was cached", scenario, n))
+			}
+		}
+		sample := objs[rand.IntN(len(objs))]
+		base := s.httpURL
+		if overTLS {
+			base = s.tlsURL
+		}
+		if r := b.fetch(ctx, base+sample.path(), sample); r.err != nil || r.cacheStatus != "HIT" {
+			b.report.fail(fmt.Sprintf("%s: %s: after the run, GET %s: X-Cache-Status %q, error %v", scenario, s.name, sample.path(), r.cacheStatus, r.err))
+		}
+	}
+	b.report.Raw[scenario] = runs
+	rw.Unit, rw.Nginx, rw.Ours = "req/s", f64(rate["nginx"]), rate["ours"]
+	var notes []string
+	if b.cfg.rounds > 1 {
+		notes = append(notes, fmt.Sprintf("median of %d", b.cfg.rounds))
+	}
+	if !b.cfg.quick && max(loadBusy["nginx"], loadBusy["ours"]) > 95 {
+		// Then wrk's core, not the server's, sets the pace, and how busy
+		// each server was says more than its rate.
+		notes = append(notes, fmt.Sprintf("wrk's core saturated; server core busy: nginx %.0f%%, ours %.0f%%", serverBusy["nginx"], serverBusy["ours"]))
+		rw.LoadBound = true
+	}
+	rw.Note = strings.Join(notes, "; ")
+	b.report.add(rw, t)
+	return nil
+}
+
+// maxForeignCPU is how much of a core other processes may use during a
+// measurement before it is done again: more, and they were competing
+// with the server or the load generator.
+const maxForeignCPU = 0.05
+
+// measure is one wrk run of a throughput scenario, done again (twice at
+// most, within the run's budget for waiting) when other processes took
+// CPU meanwhile.
+func (b *bench) measure(ctx context.Context, scenario, name, url, script string) (wrkResult, error) {
+	for attempt := 0; ; attempt++ {
+		background := b.quiet(scenario + ", " + name)
+		cpuBefore, procsBefore, start := readCPU(), readProcs(), time.Now()
+		res, err := runWrk(ctx, b.wrkBin, b.cfg.loadCPU, url, b.cfg.connections, b.cfg.duration, script)
+		if err != nil {
+			return res, err
+		}
+		cpuAfter, procsAfter := readCPU(), readProcs()
+		res.BackgroundBusy = background
+		res.ForeignCPU = foreignCPU(procsBefore, procsAfter, time.Since(start))
+		res.ServerCoreBusy = busyPercent(cpuBefore, cpuAfter, b.cfg.serverCPU)
+		res.LoadCoreBusy = busyPercent(cpuBefore, cpuAfter, b.cfg.loadCPU)
+		if f := res.failures(); f != "" {
+			b.report.fail(name + ": " + f)
+		}
+		fmt.Printf("  %s: %.0f req/s; server core %.0f%% busy, load core %.0f%%, other processes %.0f%% of a core\n",
+			name, res.RequestsPerSec, res.ServerCoreBusy, res.LoadCoreBusy, 100*res.ForeignCPU)
+		if b.cfg.quick || res.ForeignCPU <= maxForeignCPU {
+			if res.LoadCoreBusy > 95 && !b.cfg.quick {
+				b.report.warn(fmt.Sprintf("%s, %s: the load core was %.0f%% busy, so the figure may be the load generator's limit", scenario, name, res.LoadCoreBusy))
+			}
+			return res, nil
+		}
+		if attempt == 2 || b.quietLeft == 0 {
+			b.report.warn(fmt.Sprintf("%s, %s: other processes used %.0f%% of a core during the run; its figure is suspect", scenario, name, 100*res.ForeignCPU))
+			return res, nil
+		}
+		fmt.Printf("  %s: other processes used %.0f%% of a core during the run; measuring again\n", name, 100*res.ForeignCPU)
+		b.quietLeft = max(b.quietLeft-b.cfg.duration, 0)
+	}
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// profileHits takes a CPU profile and the allocations of Caddy serving
+// 50 KB hits under wrk, from Caddy's admin endpoint, and, when the go
+// tool is at hand, writes their top lines beside them.
+func (b *bench) profileHits(ctx context.Context) error {
+	// Profiles are large binary files: by default they go to build/,
+	// which git ignores, not beside the results that the README shows.
+	dir := filepath.Join("build", "bench-profiles")
+	if b.cfg.outDir != "" {
+		dir = filepath.Join(b.cfg.outDir, "profiles")
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	admin := "http://" + b.addr.caddyAdmin + "/debug/pprof/"
+	save := func(url, name string) error {
+		resp, err := b.client.Get(url)
+		if err != nil {
+			return fmt.Errorf("fetching %s: %w", url, err)
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("fetching %s: status %d", url, resp.StatusCode)
+		}
+		f, err := os.Create(filepath.Join(dir, name))
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		_, err = f.ReadFrom(resp.Body)
+		return err
+	}
+	if err := save(admin+"allocs", "caddy-allocs-before.pprof"); err != nil {
+		return err
+	}
+	url := "http://" + b.addr.caddyHTTP + b.cat.hot50k.path()
+	load := time.Duration(b.cfg.profileSeconds+2) * time.Second
+	var wrkErr error
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		_, wrkErr = runWrk(ctx, b.wrkBin, b.cfg.loadCPU, url, b.cfg.connections, load, "")
+	})
+	time.Sleep(time.Second)
+	cpuErr := save(admin+"profile?seconds="+strconv.Itoa(b.cfg.profileSeconds), "caddy-cpu.pprof")
+	wg.Wait()
+	if err := errors.Join(wrkErr, cpuErr, save(admin+"allocs", "caddy-allocs.pprof")); err != nil {
+		return err
+	}
+	if _, err := exec.LookPath("go"); err == nil {
+		top := func(out string, args ...string) {
+			data, err := exec.CommandContext(ctx, "go", append([]string{"tool", "pprof", "-top", "-nodecount=40"}, args...)...).CombinedOutput()
+			if err == nil {
+				_ = os.WriteFile(filepath.Join(dir, out), data, 0o644)
+			}
+		}
+		top("caddy-cpu-top.txt", b.cfg.caddyBin, filepath.Join(dir, "caddy-cpu.pprof"))
+		top("caddy-allocs-top.txt", "-sample_index=alloc_space", "-base", filepath.Join(dir, "caddy-allocs-before.pprof"),
+			b.cfg.caddyBin, filepath.Join(dir, "caddy-allocs.pprof"))
+		top("caddy-allocs-objects-top.txt", "-sample_index=alloc_objects", "-base", filepath.Join(dir, "caddy-allocs-before.pprof"),
+			b.cfg.caddyBin, filepath.Join(dir, "caddy-allocs.pprof"))
+	}
+	fmt.Printf("  profiles of the 50 KB hit path in %s\n", dir)
+	return nil
+}
+
+func (b *bench) stampedes(ctx context.Context) error {
+	err := b.stampede(ctx, b.cat.stampede, b.cfg.rate, func(p string, ttfb, wall map[string]float64) {
+		b.report.add(row{Scenario: p + ": median time to first byte", Unit: "ms", Nginx: f64(ttfb["nginx"]), Ours: ttfb["ours"],
+			LowerIsBetter: true, Label: "stampede, " + rateString(b.cfg.rate) + ": median TTFB"}, ratioAtMost(0.1))
+		b.report.add(row{Scenario: p + ": wall time", Unit: "s", Nginx: f64(wall["nginx"]), Ours: wall["ours"], LowerIsBetter: true}, target{})
+	})
+	if err != nil {
+		return err
+	}
+	return b.stampede(ctx, b.cat.slowStampede, b.cfg.slowRate, func(p string, ttfb, wall map[string]float64) {
+		b.report.add(row{Scenario: p + ": wall time", Unit: "s", Nginx: f64(wall["nginx"]), Ours: wall["ours"],
+			LowerIsBetter: true, Label: "stampede, " + rateString(b.cfg.slowRate) + ": wall time"}, ratioAtMost(0.5))
+		b.report.add(row{Scenario: p + ": median time to first byte", Unit: "ms", Nginx: f64(ttfb["nginx"]), Ours: ttfb["ours"], LowerIsBetter: true}, target{})
+	})
+}
+
+// stampede releases cfg.stampedeClients clients at once on cold object o
+// of each server, with the link capped at rate. Every client must get
+// the right bytes, and ours must make exactly one S3 GET.
+func (b *bench) stampede(ctx context.Context, o object, rate int64, rows func(prefix string, ttfbMs, wallS map[string]float64)) error {
+	prefix := fmt.Sprintf("stampede: %d clients, one cold %s object, %s link", b.cfg.stampedeClients, sizeString(o.size), rateString(rate))
+	ttfb, wall, gets := map[string]float64{}, map[string]float64{}, map[string]float64{}
+	raw := map[string]stampede.Result{}
+	err := b.withLink(b.cfg.rtt, rate, func() error {
+		for _, s := range b.servers() {
+			s.s3.Reset()
+			b.quiet(prefix + ", " + s.name)
+			res, err := stampede.Run(ctx, stampede.Options{
+				Targets: []stampede.Target{{URL: s.httpURL + o.path(), SHA256: o.sha256, Size: o.size}},
+				Clients: b.cfg.stampedeClients,
+				// nginx's worst case: the lock timeout, then a
+				// download of its own for every waiter.
+				Timeout: 3*time.Duration(o.size/rate)*time.Second + time.Minute,
+			})
+			if err != nil {
+				return fmt.Errorf("%s: %s: %w", prefix, s.name, err)
+			}
+			if failed := res.Failed(); len(failed) > 0 {
+				b.report.fail(fmt.Sprintf("%s: %s: %d of %d clients did not get the object: %s", prefix, s.name, len(failed), len(res.Clients), failed[0]))
+			}
+			ttfb[s.name] = ms(stampede.Percentile(res.TTFBs(), 50))
+			wall[s.name] = res.Wall.Seconds()
+			gets[s.name] = float64(s.s3.Count(http.MethodGet, o.s3Path()))
+			raw[s.name] = res
+			fmt.Printf("  %s: TTFB p50 %s p90 %s max %s; last byte p50 %s max %s; %v S3 GETs\n", s.name,
+				stampede.Percentile(res.TTFBs(), 50).Round(time.Millisecond), stampede.Percentile(res.TTFBs(), 90).Round(time.Millisecond),
+				stampede.Percentile(res.TTFBs(), 100).Round(time.Millisecond), stampede.Percentile(res.TTLBs(), 50).Round(time.Millisecond),
+				res.Wall.Round(time.Millisecond), gets[s.name])
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	b.report.Raw[prefix] = raw
+	b.report.add(row{Scenario: prefix + ": S3 GETs", Unit: "GETs", Nginx: f64(gets["nginx"]), Ours: gets["ours"], LowerIsBetter: true}, exactly(1))
+	rows(prefix, ttfb, wall)
+	return nil
+}
+
+// singleMiss times one client fetching a cold object through each server,
+// and the same bytes read straight from S3 through the same link on a
+// connection already open (the best S3 can do).
+func (b *bench) singleMiss(ctx context.Context) error {
+	o := b.cat.singleMiss
+	ttlb := map[string]float64{}
+	raw := map[string]any{}
+	for _, s := range b.servers() {
+		s.s3.Reset()
+		b.quiet("single cold MISS, " + s.name)
+		res, err := stampede.Run(ctx, stampede.Options{
+			Targets: []stampede.Target{{URL: s.httpURL + o.path(), SHA256: o.sha256, Size: o.size}},
+			Clients: 1,
+			Timeout: 3*time.Duration(o.size/b.cfg.rate)*time.Second + 30*time.Second,
+		})
+		if err != nil {
+			return fmt.Errorf("%s: %w", s.name, err)
+		}
+		if failed := res.Failed(); len(failed) > 0 {
+			b.report.fail(fmt.Sprintf("single cold MISS: %s: %s", s.name, failed[0]))
+		}
+		if n := s.s3.Count(http.MethodGet, o.s3Path()); n != 1 && s.name == "ours" {
+			b.report.fail(fmt.Sprintf("single cold MISS: ours made %d S3 GETs, want 1", n))
+		}
+		ttlb[s.name] = res.Wall.Seconds()
+		raw[s.name] = res
+	}
+	direct := b.directS3.URL() + "/" + bucket
+	if r := b.fetch(ctx, direct+b.cat.tiny.path(), b.cat.tiny); r.err != nil {
+		return fmt.Errorf("direct S3 GET: %w", r.err)
+	}
+	b.quiet("single cold MISS, direct S3 GET")
+	r := b.fetch(ctx, direct+o.path(), o)
+	if r.err != nil {
+		return fmt.Errorf("direct S3 GET: %w", r.err)
+	}
+	raw["direct"] = map[string]time.Duration{"ttfb_ns": r.ttfb, "ttlb_ns": r.ttlb}
+	b.report.Raw["single cold MISS"] = raw
+	directS := r.ttlb.Seconds()
+	fmt.Printf("  direct S3 GET through the same link: %s\n", r.ttlb.Round(time.Millisecond))
+	b.report.add(row{Scenario: fmt.Sprintf("single cold MISS %s: time to last byte", sizeString(o.size)), Unit: "s",
+		Nginx: f64(ttlb["nginx"]), Ours: ttlb["ours"], LowerIsBetter: true, Note: fmt.Sprintf("direct S3 GET %.2f s", directS)},
+		atMost(1.05*directS, fmt.Sprintf("≤ 1.05× direct S3 GET (%.2f s)", directS)))
+	return nil
+}
+
+// memory releases cfg.memoryClients clients at once on the memory
+// objects, the first half of which are cached, and measures each server's
+// peak RSS meanwhile (VmHWM, reset just before).
+func (b *bench) memory(ctx context.Context) error {
+	objs := b.cat.memory
+	hot, cold := objs[:len(objs)/2], objs[len(objs)/2:]
+	targets := make([]stampede.Target, len(objs))
+	for i, o := range objs {
+		targets[i] = stampede.Target{SHA256: o.sha256, Size: o.size}
+	}
+	scenario := fmt.Sprintf("memory: %d concurrent clients on %s objects, half cold", b.cfg.memoryClients, sizeString(b.cfg.bigSize))
+	peak, gets := map[string]float64{}, map[string]float64{}
+	raw := map[string]any{}
+	for _, s := range b.servers() {
+		err := b.withLink(0, 0, func() error {
+			_, err := b.fetchAll(ctx, s.httpURL, hot, 2*time.Minute)
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("%s: caching the hot half: %w", s.name, err)
+		}
+		pids := s.proc().tree()
+		if err := resetPeakRSS(pids); err != nil {
+			return err
+		}
+		s.s3.Reset()
+		for i, o := range objs {
+			targets[i].URL = s.httpURL + o.path()
+		}
+		samples := sampleRSS(pids, 50*time.Millisecond)
+		res, err := stampede.Run(ctx, stampede.Options{Targets: targets, Clients: b.cfg.memoryClients, Timeout: 3 * time.Minute})
+		series := samples()
+		if err != nil {
+			return fmt.Errorf("%s: %w", s.name, err)
+		}
+		if failed := res.Failed(); len(failed) > 0 {
+			b.report.fail(fmt.Sprintf("%s: %s: %d of %d clients did not get their object: %s", scenario, s.name, len(failed), len(res.Clients), failed[0]))
+		}
+		p, err := peakRSS(pids)
+		if err != nil {
+			return err
+		}
+		peak[s.name] = float64(p) / 1e6
+		for _, o := range cold {
+			gets[s.name] += float64(s.s3.Count(http.MethodGet, o.s3Path()))
+		}
+		if n := s.s3.Count(http.MethodGet, ""); s.name == "ours" && float64(n) != gets[s.name] {
+			b.report.fail(fmt.Sprintf("%s: ours asked S3 for cached objects too: %d GETs in all", scenario, n))
+		}
+		raw[s.name] = map[string]any{"stampede": res, "rss_samples_bytes": series, "pids": pids}
+		fmt.Printf("  %s: peak RSS %.1f MB (%d processes), wall %s\n", s.name, peak[s.name], len(pids), res.Wall.Round(time.Millisecond))
+	}
+	b.report.Raw[scenario] = raw
+	b.report.add(row{Scenario: scenario + ": S3 GETs", Unit: "GETs", Nginx: f64(gets["nginx"]), Ours: gets["ours"], LowerIsBetter: true},
+		exactly(float64(len(cold))))
+	b.report.add(row{Scenario: scenario + ": peak RSS", Unit: "MB", Nginx: f64(peak["nginx"]), Ours: peak["ours"], LowerIsBetter: true,
+		Note: "nginx: its processes added up"}, atMost(150, "≤ 150 MB"))
+	return nil
+}
+
+// sampleRSS records the RSS of pids every interval until the returned
+// function is called, which returns the samples.
+func sampleRSS(pids []int, interval time.Duration) func() []int64 {
+	stop := make(chan struct{})
+	var samples []int64
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			if rss, err := currentRSS(pids); err == nil {
+				samples = append(samples, rss)
+			}
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+			}
+		}
+	})
+	return func() []int64 {
+		close(stop)
+		wg.Wait()
+		return samples
+	}
+}
+
+// restart fills Caddy's cache with small objects up to cfg.restartEntries
+// (within the fill budget), restarts Caddy, and measures how soon the
+// first HIT is served and how long the cache loader takes to index
+// everything.
+func (b *bench) restart(ctx context.Context) error {
+	cachedBefore := len(b.cat.fixed()) - 1 // all but the object only read directly
+	filled := 0
+	if len(b.cat.fillers) > 0 {
+		started, before := time.Now(), readCPU()
+		err := b.withLink(0, 0, func() error {
+			var err error
+			filled, err = b.fetchAll(ctx, "http://"+b.addr.caddyHTTP, b.cat.fillers, b.cfg.fillBudget)
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("filling the cache: %w", err)
+		}
+		after := readCPU()
+		fmt.Printf("  requested %d filler objects through Caddy in %s (budget %s); server core %.0f%% busy, load core %.0f%%\n",
+			filled, time.Since(started).Round(time.Millisecond), b.cfg.fillBudget,
+			busyPercent(before, after, b.cfg.serverCPU), busyPercent(before, after, b.cfg.loadCPU))
+	}
+	entries := cachedBefore + filled
+	probe := b.cat.hot50k
+	if filled > 0 {
+		probe = b.cat.fillers[filled/2]
+	}
+
+	if err := b.caddy.stop(); err != nil {
+		return errors.Join(errHarness, err)
+	}
+	b.quiet("restart")
+	loadedLines := countLogLines(b.caddyLog, "cache index loaded")
+	b.caddyS3.Reset()
+	p, err := launchCaddy(b.cfg.caddyBin, b.caddyConf, b.caddyLog, b.cfg.serverCPU)
+	if err != nil {
+		return errors.Join(errHarness, err)
+	}
+	b.caddy = p
+
+	// A new connection for every try: the first ones are refused while
+	// Caddy starts.
+	probeClient := newClient(nil)
+	probeClient.Transport.(*http.Transport).DisableKeepAlives = true
+	probeClient.Timeout = 5 * time.Second
+	url := "http://" + b.addr.caddyHTTP + probe.path()
+	var firstHit time.Duration
+	tries := 0
+	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); tries++ {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		resp, err := probeClient.Do(req)
+		if err != nil {
+			select {
+			case <-p.exited:
+				return errors.Join(errHarness, fmt.Errorf("caddy exited after the restart; its log ends with:\n%s", s3test.LogTail(b.caddyLog, 15)))
+			case <-time.After(2 * time.Millisecond):
+			}
+			continue
+		}
+		resp.Body.Close()
+		firstHit = time.Since(p.started)
+		if cs := resp.Header.Get("X-Cache-Status"); resp.StatusCode != http.StatusOK || cs != "HIT" {
+			b.report.fail(fmt.Sprintf("restart: the first answer after the restart was %d %s, want 200 HIT", resp.StatusCode, cs))
+		}
+		break
+	}
+	if firstHit == 0 {
+		return errors.Join(errHarness, fmt.Errorf("caddy served nothing within 15s of its restart; its log ends with:\n%s", s3test.LogTail(b.caddyLog, 15)))
+	}
+	if r := b.fetch(ctx, url, probe); r.err != nil {
+		b.report.fail("restart: " + r.err.Error())
+	}
+
+	loaded, err := waitIndexLoaded(ctx, b.caddyLog, loadedLines, 60*time.Second)
+	if err != nil {
+		return err
+	}
+	loadedAfter := time.Since(p.started)
+	if n := b.caddyS3.Count("", ""); n != 0 {
+		b.report.fail(fmt.Sprintf("restart: %d S3 requests for objects that were cached", n))
+	}
+	if loaded.Entries < entries {
+		b.report.fail(fmt.Sprintf("restart: the cache index holds %d entries after the restart, want at least the %d cached before", loaded.Entries, entries))
+	}
+	b.report.Raw["restart"] = map[string]any{
+		"entries_requested": entries, "fillers_requested": filled, "first_hit_ns": firstHit, "tries": tries,
+		"index_loaded": loaded, "index_loaded_seen_after_ns": loadedAfter,
+	}
+	fmt.Printf("  first HIT %s after start (%d tries); index of %d entries loaded in %s\n",
+		firstHit.Round(time.Millisecond), tries, loaded.Entries, loaded.Took.Round(time.Millisecond))
+	name := fmt.Sprintf("restart with %s cached entries", groupThousands(strconv.Itoa(loaded.Entries)))
+	b.report.add(row{Scenario: name + ": first HIT after start", Unit: "ms", Ours: ms(firstHit), LowerIsBetter: true}, lessThan(1000, "< 1 s"))
+	b.report.add(row{Scenario: name + ": index complete", Unit: "s", Ours: loaded.Took.Seconds(), LowerIsBetter: true,
+		Note: "the loader's \"took\""}, lessThan(10, "< 10 s"))
+	return nil
+}
+
+// indexLoaded is the "cache index loaded" line of Caddy's log.
+type indexLoaded struct {
+	Entries int           `json:"entries"`
+	Bytes   int64         `json:"bytes"`
+	Took    time.Duration `json:"took_ns"`
+}
+
+func countLogLines(path, msg string) int {
+	n := 0
+	forEachLogLine(path, func(m map[string]any) {
+		if m["msg"] == msg {
+			n++
+		}
+	})
+	return n
+}
+
+func forEachLogLine(path string, f func(map[string]any)) {
+	file, err := os.Open(path)
+	if err != nil {
+		return
+	}
+	defer file.Close()
+	sc := bufio.NewScanner(file)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		var m map[string]any
+		if json.Unmarshal(sc.Bytes(), &m) == nil {
+			f(m)
+		}
+	}
+}
+
+// waitIndexLoaded waits for the (skip+1)-th "cache index loaded" line.
+func waitIndexLoaded(ctx context.Context, logPath string, skip int, timeout time.Duration) (indexLoaded, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		var found *indexLoaded
+		seen := 0
+		forEachLogLine(logPath, func(m map[string]any) {
+			if m["msg"] != "cache index loaded" {
+				return
+			}
+			if seen++; seen == skip+1 {
+				l := indexLoaded{Took: logDuration(m["took"])}
+				if v, ok := m["entries"].(float64); ok {
+					l.Entries = int(v)
+				}
+				if v, ok := m["bytes"].(float64); ok {
+					l.Bytes = int64(v)
+				}
+				found = &l
+			}
+		})
+		if found != nil {
+			return *found, nil
+		}
+		if time.Now().After(deadline) {
+			return indexLoaded{}, fmt.Errorf("no \"cache index loaded\" line in %s within %s of the restart", logPath, timeout)
+		}
+		select {
+		case <-ctx.Done():
+			return indexLoaded{}, ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// logDuration reads a zap duration field: seconds as a number (Caddy's
+// JSON encoder) or a Go duration string.
+func logDuration(v any) time.Duration {
+	switch d := v.(type) {
+	case float64:
+		return time.Duration(d * float64(time.Second))
+	case string:
+		parsed, _ := time.ParseDuration(d)
+		return parsed
+	}
+	return 0
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+func sizeString(n int64) string {
+	switch {
+	case n >= mB:
+		return fmt.Sprintf("%g MB", float64(n)/mB)
+	default:
+		return fmt.Sprintf("%g KB", float64(n)/kB)
+	}
+}

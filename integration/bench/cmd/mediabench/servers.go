@@ -1,0 +1,194 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"embed"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"net"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"text/template"
+	"time"
+
+	"github.com/s3mediacache/caddy-s3-media-cache/integration/s3test"
+)
+
+//go:embed templates
+var templateFiles embed.FS
+
+var templates = template.Must(template.ParseFS(templateFiles, "templates/*.tmpl"))
+
+// nginxConfig fills templates/nginx-cache.conf.tmpl and nginx-tls.conf.tmpl.
+type nginxConfig struct {
+	User      string // the worker user; empty when not running as root
+	Dir       string // pid, error log, temp paths
+	MimeTypes string // Debian's mime.types, if present
+	Listen    string // host:port
+
+	// The caching nginx.
+	Root      string
+	CacheDir  string
+	S3Backend string // http://proxy/bucket
+	S3Host    string
+
+	// The TLS nginx.
+	Upstream  string
+	Cert, Key string
+}
+
+// caddyConfig fills templates/Caddyfile.tmpl.
+type caddyConfig struct {
+	Admin     string
+	HTTP, TLS string // host:port
+	Bucket    string
+	Endpoint  string
+	Root      string
+	CacheDir  string
+	Cert, Key string
+}
+
+func render(name string, data any, path string) error {
+	var buf bytes.Buffer
+	if err := templates.ExecuteTemplate(&buf, name, data); err != nil {
+		return fmt.Errorf("rendering %s: %w", name, err)
+	}
+	if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	return nil
+}
+
+// nginxBase fills the fields both nginx configs share. Run as root, the
+// workers run as root too, so they can write the cache and temp
+// directories the bench made; otherwise nginx ignores "user" anyway.
+func nginxBase(dir, listen string) (nginxConfig, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nginxConfig{}, fmt.Errorf("creating %s: %w", dir, err)
+	}
+	c := nginxConfig{Dir: dir, Listen: listen}
+	if os.Geteuid() == 0 {
+		if u, err := user.Current(); err == nil {
+			c.User = u.Username
+		}
+	}
+	if _, err := os.Stat("/etc/nginx/mime.types"); err == nil {
+		c.MimeTypes = "/etc/nginx/mime.types"
+	}
+	return c, nil
+}
+
+// startNginx checks the config with nginx -t (which names the faulty line),
+// then starts nginx pinned to cpu and waits until it listens.
+func startNginx(ctx context.Context, name, bin, template string, c nginxConfig, cpu int) (*process, error) {
+	conf := filepath.Join(c.Dir, "nginx.conf")
+	if err := render(template, c, conf); err != nil {
+		return nil, err
+	}
+	// -p points the prefix at the bench's directory, and -e keeps nginx
+	// from opening Debian's /var/log/nginx/error.log before reading the
+	// config.
+	args := []string{"-p", c.Dir, "-e", filepath.Join(c.Dir, "error.log"), "-c", conf}
+	if out, err := exec.CommandContext(ctx, bin, append(args, "-t", "-q")...).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("nginx -t rejected %s: %w\n%s", conf, err, out)
+	}
+	p, err := startPinned(name, cpu, filepath.Join(c.Dir, "stderr.log"), syscall.SIGQUIT, bin, args...)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.waitListening(ctx, c.Listen); err != nil {
+		_ = p.stop()
+		return nil, err
+	}
+	return p, nil
+}
+
+// startCaddy starts Caddy pinned to cpu with the Caddyfile at conf, and
+// waits until it listens on httpAddr. The log is appended to, so a
+// restarted Caddy's lines follow the first one's.
+func startCaddy(ctx context.Context, bin, conf, logPath, httpAddr string, cpu int) (*process, error) {
+	p, err := launchCaddy(bin, conf, logPath, cpu)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.waitListening(ctx, httpAddr); err != nil {
+		_ = p.stop()
+		return nil, err
+	}
+	return p, nil
+}
+
+// launchCaddy starts Caddy without waiting for it.
+func launchCaddy(bin, conf, logPath string, cpu int) (*process, error) {
+	return startPinned("caddy", cpu, logPath, syscall.SIGINT, bin, "run", "--config", conf, "--adapter", "caddyfile")
+}
+
+// checkCaddyHasModule fails early, with the fix, when the binary is a
+// stock Caddy.
+func checkCaddyHasModule(ctx context.Context, bin string) error {
+	out, err := exec.CommandContext(ctx, bin, "list-modules").Output()
+	if err != nil {
+		return fmt.Errorf("running %s list-modules: %w (build it with scripts/build)", bin, err)
+	}
+	if !strings.Contains(string(out), "http.handlers.s3_media_cache") {
+		return fmt.Errorf("%s does not include http.handlers.s3_media_cache; build it with scripts/build", bin)
+	}
+	return nil
+}
+
+// writeCertificate makes a self-signed ECDSA P-256 certificate for
+// 127.0.0.1 and localhost, the kind certbot issues today, and returns its
+// pool for the bench's own clients.
+func writeCertificate(certPath, keyPath string) (*x509.CertPool, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("generating the TLS key: %w", err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(time.Now().UnixNano()),
+		Subject:               pkix.Name{CommonName: "files.example.com"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		DNSNames:              []string{"localhost", "files.example.com"},
+		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return nil, fmt.Errorf("creating the TLS certificate: %w", err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return nil, fmt.Errorf("encoding the TLS key: %w", err)
+	}
+	if err := os.WriteFile(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+		return nil, fmt.Errorf("writing %s: %w", certPath, err)
+	}
+	if err := os.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		return nil, fmt.Errorf("writing %s: %w", keyPath, err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	return pool, nil
+}
+
+// freeAddr is a loopback address with a port that was free a moment ago.
+func freeAddr() (string, error) { return s3test.FreeLoopbackAddr() }
