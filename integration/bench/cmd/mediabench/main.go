@@ -69,6 +69,9 @@ type config struct {
 
 	// only, when set, limits the run to the scenarios it matches.
 	only *regexp.Regexp
+	// rerender, when set, is a results.json to draw again instead of
+	// running anything.
+	rerender string
 }
 
 func main() {
@@ -76,6 +79,13 @@ func main() {
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "mediabench:", err)
 		os.Exit(2)
+	}
+	if cfg.rerender != "" {
+		if err := rerender(cfg.rerender); err != nil {
+			fmt.Fprintln(os.Stderr, "mediabench:", err)
+			os.Exit(1)
+		}
+		return
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -106,6 +116,7 @@ func parseFlags(args []string) (config, error) {
 	fs.DurationVar(&cfg.timeout, "timeout", 20*time.Minute, "give up, stopping everything, after this long (5m at most with -quick)")
 	fs.DurationVar(&cfg.quietBudget, "quiet-budget", time.Minute, "at most this long in all waiting for other processes to leave the cores alone before a measurement, and measuring again after one they disturbed")
 	fs.BoolVar(&cfg.profile, "profile", false, "also take a CPU and an allocation profile of Caddy serving 50 KB hits, through its admin endpoint (into build/bench-profiles, or OUT/profiles with -out)")
+	fs.StringVar(&cfg.rerender, "rerender", "", "draw table.md and chart.svg again from this results.json, beside it, and run nothing")
 	only := fs.String("only", "", "run only the scenarios whose name matches this regular expression (tls, plain, working set, stampede, miss, memory, restart); the warm-up always runs")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err

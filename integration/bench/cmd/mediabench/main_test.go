@@ -206,3 +206,28 @@ func TestForeignCPUCountsOnlyOtherProcesses(t *testing.T) {
 		t.Errorf("foreignCPU = %v cores, want 0.75 (50 + 25 ticks in one second)", got)
 	}
 }
+
+func TestRerenderDrawsTheSameTableFromResultsJSON(t *testing.T) {
+	dir := t.TempDir()
+	r := newReport(config{})
+	r.add(row{Scenario: "hit", Unit: "req/s", Nginx: f64(30000), Ours: 27000, Label: "HIT"}, ratioAtLeast(0.9))
+	r.add(row{Scenario: "big", Unit: "req/s", Nginx: f64(80), Ours: 90, LoadBound: true}, ratioAtLeast(1))
+	if err := r.writeFiles(io.Discard, dir); err != nil {
+		t.Fatal(err)
+	}
+	table, _ := os.ReadFile(filepath.Join(dir, "table.md"))
+	chart, _ := os.ReadFile(filepath.Join(dir, "chart.svg"))
+	if !strings.Contains(string(table), "| wrk-bound |") {
+		t.Errorf("a load-bound row is given a verdict:\n%s", table)
+	}
+	os.Remove(filepath.Join(dir, "table.md"))
+	os.Remove(filepath.Join(dir, "chart.svg"))
+	if err := rerender(filepath.Join(dir, "results.json")); err != nil {
+		t.Fatal(err)
+	}
+	table2, _ := os.ReadFile(filepath.Join(dir, "table.md"))
+	chart2, _ := os.ReadFile(filepath.Join(dir, "chart.svg"))
+	if string(table2) != string(table) || string(chart2) != string(chart) {
+		t.Errorf("rerendered files differ:\n%s\n%s", table, table2)
+	}
+}

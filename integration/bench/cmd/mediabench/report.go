@@ -73,7 +73,7 @@ type row struct {
 	// when the target is not one.
 	TargetRatio float64 `json:"target_ratio,omitempty"`
 	// Label is the row's short name in the chart.
-	Label string `json:"-"`
+	Label string `json:"label,omitempty"`
 	// LoadBound is set when the load generator's core, not the server's,
 	// set the pace: the figures then compare little.
 	LoadBound bool `json:"load_bound,omitempty"`
@@ -195,6 +195,8 @@ func groupThousands(s string) string {
 
 func verdict(rw row) string {
 	switch {
+	case rw.LoadBound:
+		return "wrk-bound"
 	case rw.Met == nil && rw.Target == "":
 		return ""
 	case rw.Met == nil:
@@ -238,8 +240,12 @@ func (r *report) write(w io.Writer, dir string) error {
 	fmt.Fprintf(w, "revision: %s\n", r.Revision)
 	fmt.Fprintf(w, "link to S3: %s round trip, %s per connection; servers on core %d, load on core %d\n\n",
 		r.Settings.RTT, rateString(r.Settings.BytesPerSecond), r.Settings.ServerCPU, r.Settings.LoadCPU)
-	table := r.markdown()
-	fmt.Fprint(w, table)
+	fmt.Fprint(w, r.markdown())
+	r.printWarnings(w)
+	return r.writeFiles(w, dir)
+}
+
+func (r *report) printWarnings(w io.Writer) {
 	if n := len(r.Warnings); n > 0 {
 		const shown = 8
 		fmt.Fprintf(w, "\n%d warning(s) about the measurement:\n  %s\n", n, strings.Join(r.Warnings[:min(n, shown)], "\n  "))
@@ -247,6 +253,10 @@ func (r *report) write(w io.Writer, dir string) error {
 			fmt.Fprintf(w, "  … and %d more in results.json\n", n-shown)
 		}
 	}
+}
+
+// writeFiles writes results.json, table.md and chart.svg to dir.
+func (r *report) writeFiles(w io.Writer, dir string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("creating %s: %w", dir, err)
 	}
@@ -257,7 +267,7 @@ func (r *report) write(w io.Writer, dir string) error {
 	if err := os.WriteFile(filepath.Join(dir, "results.json"), append(data, '\n'), 0o644); err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(dir, "table.md"), []byte(table), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "table.md"), []byte(r.markdown()), 0o644); err != nil {
 		return err
 	}
 	if err := os.WriteFile(filepath.Join(dir, "chart.svg"), []byte(chartSVG(r)), 0o644); err != nil {
@@ -265,6 +275,25 @@ func (r *report) write(w io.Writer, dir string) error {
 	}
 	fmt.Fprintf(w, "\nwrote %s/{results.json,table.md,chart.svg}\n", dir)
 	return nil
+}
+
+// rerender reads a results.json and writes its table.md and chart.svg
+// again beside it, for a change to how they are drawn without a new run.
+func rerender(path string) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	var r report
+	if err := json.Unmarshal(data, &r); err != nil {
+		return fmt.Errorf("reading %s: %w", path, err)
+	}
+	r.quick = r.Settings.Quick
+	dir := filepath.Dir(path)
+	if err := os.WriteFile(filepath.Join(dir, "table.md"), []byte(r.markdown()), 0o644); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, "chart.svg"), []byte(chartSVG(&r)), 0o644)
 }
 
 // describeMachine fills r.Machine from /proc and the tools' versions.
