@@ -177,7 +177,11 @@ func run(m *testing.M) (int, error) {
 		return 0, err
 	}
 	env = s
-	return m.Run(), nil
+	code := m.Run()
+	if err := tally.report(); err != nil {
+		return 0, fmt.Errorf("writing the reliability report: %w", err)
+	}
+	return code, nil
 }
 
 // prefixedSamples are seeded under keyPrefix with bytes that differ from
