@@ -199,3 +199,9 @@ func (l *ledger) report() error {
 	}
 	return os.WriteFile(path, append(data, '\n'), 0o644)
 }
+
+// fullRun reports whether this is the full reliability run
+// (scripts/reliability sets S3MC_FULL=1): long soak, more inputs. The
+// default is CI's reduced run, which checks the same properties on a
+// shorter clock.
+func fullRun() bool { return os.Getenv("S3MC_FULL") == "1" }
