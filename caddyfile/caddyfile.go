@@ -9,6 +9,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"strconv"
 
 	"github.com/s3mediacache/caddy-s3-media-cache/s3cache"
 )
@@ -59,6 +60,8 @@ func parseDirective(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_object_size <size>
 //		lock on|off
 //		lock_timeout <duration>
+//		max_concurrent_fills <n>|off
+//		fill_queue_timeout <duration>
 //		valid [<status>...] <duration>|off
 //		revalidate on|off
 //		use_stale <condition>...|off
@@ -143,6 +146,10 @@ func Unmarshal(d *caddyfile.Dispenser, h *s3cache.Handler) error {
 			h.DisableLock = !on
 		case "lock_timeout":
 			h.LockTimeout, err = durationArg(d)
+		case "max_concurrent_fills":
+			h.MaxConcurrentFills, err = fillLimitArg(d)
+		case "fill_queue_timeout":
+			h.FillQueueTimeout, err = durationArg(d)
 		case "revalidate":
 			var on bool
 			on, err = onOffArg(d)
@@ -246,6 +253,23 @@ func sizeArg(d *caddyfile.Dispenser) (int64, error) {
 	n, err := parseSize(v)
 	if err != nil {
 		return 0, d.Errf("s3_media_cache: %s: %v", option, err)
+	}
+	return n, nil
+}
+
+// fillLimitArg reads max_concurrent_fills: a positive count, or off (-1 in
+// JSON, where 0 means the default).
+func fillLimitArg(d *caddyfile.Dispenser) (int, error) {
+	v, err := oneArg(d)
+	if err != nil {
+		return 0, err
+	}
+	if v == "off" {
+		return -1, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n <= 0 {
+		return 0, d.Errf("s3_media_cache: max_concurrent_fills: invalid value %q (want a positive number of S3 requests, such as 64, or off)", v)
 	}
 	return n, nil
 }

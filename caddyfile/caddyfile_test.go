@@ -81,6 +81,8 @@ func TestUnmarshalCacheOptions(t *testing.T) {
 		max_object_size 512MiB
 		lock off
 		lock_timeout 10s
+		max_concurrent_fills 16
+		fill_queue_timeout 2s
 		valid 200 304 48h
 		valid 404 off
 		revalidate off
@@ -94,22 +96,24 @@ func TestUnmarshalCacheOptions(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := s3cache.Handler{
-		Bucket:            "b",
-		CacheDir:          "/var/cache/caddy/s3-media",
-		MaxSize:           10 << 30,
-		Inactive:          caddy.Duration(48 * time.Hour),
-		MinFree:           1 << 30,
-		Levels:            "1:2",
-		MaxObjectSize:     512 << 20,
-		DisableLock:       true,
-		LockTimeout:       caddy.Duration(10 * time.Second),
-		Valid:             map[string]caddy.Duration{"200": caddy.Duration(48 * time.Hour), "304": caddy.Duration(48 * time.Hour), "404": 0},
-		DisableRevalidate: true,
-		UseStale:          []string{"error", "timeout", "updating", "http_500", "http_502", "http_503", "http_504"},
-		IgnoreHeaders:     []string{"Cache-Control", "Expires"},
-		PurgeHeader:       "Cache-Buster-Secret",
-		PurgeSecret:       "{env.CACHE_BUSTER_SECRET}",
-		PurgeMethod:       "POST",
+		Bucket:             "b",
+		CacheDir:           "/var/cache/caddy/s3-media",
+		MaxSize:            10 << 30,
+		Inactive:           caddy.Duration(48 * time.Hour),
+		MinFree:            1 << 30,
+		Levels:             "1:2",
+		MaxObjectSize:      512 << 20,
+		DisableLock:        true,
+		LockTimeout:        caddy.Duration(10 * time.Second),
+		MaxConcurrentFills: 16,
+		FillQueueTimeout:   caddy.Duration(2 * time.Second),
+		Valid:              map[string]caddy.Duration{"200": caddy.Duration(48 * time.Hour), "304": caddy.Duration(48 * time.Hour), "404": 0},
+		DisableRevalidate:  true,
+		UseStale:           []string{"error", "timeout", "updating", "http_500", "http_502", "http_503", "http_504"},
+		IgnoreHeaders:      []string{"Cache-Control", "Expires"},
+		PurgeHeader:        "Cache-Buster-Secret",
+		PurgeSecret:        "{env.CACHE_BUSTER_SECRET}",
+		PurgeMethod:        "POST",
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("got  %+v\nwant %+v", got, want)
@@ -149,6 +153,8 @@ func TestUnmarshalErrorsNameLineAndOption(t *testing.T) {
 		{"bad use_stale", "s3_media_cache {\n\tbucket a\n\tuse_stale error sometimes\n}", []string{"Testfile:3", "use_stale", `"sometimes"`}},
 		{"bad valid status", "s3_media_cache {\n\tbucket a\n\tvalid 500 1m\n}", []string{"Testfile:3", "valid", `"500"`}},
 		{"bad valid duration", "s3_media_cache {\n\tbucket a\n\tvalid 200 long\n}", []string{"Testfile:3", "valid", `"long"`}},
+		{"zero fills", "s3_media_cache {\n\tbucket a\n\tmax_concurrent_fills 0\n}", []string{"Testfile:3", "max_concurrent_fills", `"0"`}},
+		{"bad fills", "s3_media_cache {\n\tbucket a\n\tmax_concurrent_fills many\n}", []string{"Testfile:3", "max_concurrent_fills", `"many"`}},
 		{"bad lock", "s3_media_cache {\n\tbucket a\n\tlock sometimes\n}", []string{"Testfile:3", "lock", "on or off"}},
 		{"anonymous with keys", "s3_media_cache {\n\tbucket a\n\tanonymous\n\taccess_key k\n\tsecret_key s\n}", []string{"Testfile:", "anonymous cannot be combined"}},
 		{"access key alone", "s3_media_cache {\n\tbucket a\n\taccess_key k\n}", []string{"Testfile:", "must be set together"}},

@@ -291,6 +291,12 @@ func (h *Handler) originFailure(w http.ResponseWriter, err error, cacheStatus st
 	var oe *originError
 	if errors.As(err, &oe) {
 		status = oe.status
+		if oe.busy {
+			// A slot frees as soon as any fill finishes; a second is
+			// a polite guess that keeps a retrying client from
+			// hammering.
+			w.Header().Set("Retry-After", "1")
+		}
 	}
 	h.policy.decorate(w.Header(), status, cacheStatus, time.Now())
 	return caddyhttp.Error(status, err)

@@ -42,6 +42,8 @@ const (
 	defaultLevels           = "1:2"
 	defaultMaxObjectSize    = 1 << 30
 	defaultLockTimeout      = 5 * time.Second
+	defaultMaxFills         = 64
+	defaultFillQueueTimeout = 5 * time.Second
 	defaultValid200         = 48 * time.Hour
 	defaultValid404         = time.Minute
 
@@ -126,6 +128,17 @@ type Handler struct {
 	// before going to S3 on its own, uncached. Bytes are streamed as
 	// they arrive once the headers are in. Default: 5s.
 	LockTimeout caddy.Duration `json:"lock_timeout,omitempty"`
+
+	// Most S3 requests this handler has in flight at once: fills,
+	// pass-throughs and revalidations, each counted until its body is
+	// read. It bounds what a scan of distinct cold keys can cost. -1
+	// removes the bound. Default: 64.
+	MaxConcurrentFills int `json:"max_concurrent_fills,omitempty"`
+
+	// How long a request that needs S3 waits for a free slot when
+	// max_concurrent_fills are in flight, before it gets a stale copy
+	// (use_stale timeout) or a 503 with Retry-After. Default: 5s.
+	FillQueueTimeout caddy.Duration `json:"fill_queue_timeout,omitempty"`
 
 	// How long responses stay fresh, by status ("200", "304" for a
 	// revalidated entry, "404"), when S3 sends no Cache-Control or
@@ -299,6 +312,14 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.metrics = m
 	h.origin = instrumentedOrigin{origin: h.origin, m: m}
+	if h.MaxConcurrentFills >= 0 {
+		limit := h.MaxConcurrentFills
+		if limit == 0 {
+			limit = defaultMaxFills
+		}
+		wait := durationOr(h.FillQueueTimeout, defaultFillQueueTimeout)
+		h.origin = newLimitedOrigin(h.origin, limit, wait, m.s3Busy.Inc)
+	}
 	h.logger.Info("serving media from S3",
 		zap.Bool("path_style", h.originCfg.pathStyle),
 		zap.Bool("anonymous", h.originCfg.anonymous),
@@ -432,7 +453,9 @@ func (h *Handler) Validate() error {
 		return errors.New("s3_media_cache: access_key and secret_key must be set together (or both omitted to use the AWS credential chain)")
 	case h.MaxSize < 0:
 		return errors.New("s3_media_cache: max_size must not be negative")
-	case h.ConnectTimeout < 0 || h.FirstByteTimeout < 0 || h.ReadTimeout < 0:
+	case h.MaxConcurrentFills < -1:
+		return errors.New("s3_media_cache: max_concurrent_fills must be positive, or -1 for no bound")
+	case h.ConnectTimeout < 0 || h.FirstByteTimeout < 0 || h.ReadTimeout < 0 || h.FillQueueTimeout < 0:
 		return errors.New("s3_media_cache: timeouts must not be negative")
 	case h.stripPrefix != "" && !strings.HasPrefix(h.stripPrefix, "/"):
 		return errors.New("s3_media_cache: strip_path_prefix must start with /")

@@ -20,6 +20,7 @@ type metrics struct {
 	s3Requests    *prometheus.CounterVec   // by operation and result
 	s3Duration    *prometheus.HistogramVec // time to S3's response headers, by operation
 	s3Bytes       prometheus.Counter       // body bytes received from S3
+	s3Busy        prometheus.Counter       // requests that found every S3 slot taken
 
 	byStatus map[string]prometheus.Counter // requests, resolved per status once
 }
@@ -51,6 +52,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Namespace: metricsNamespace, Name: "s3_body_bytes_total",
 			Help: "Body bytes received from S3: the egress the cache exists to save.",
 		}),
+		s3Busy: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: metricsNamespace, Name: "s3_slots_exhausted_total",
+			Help: "Requests that needed S3 but waited fill_queue_timeout without a free slot (max_concurrent_fills), and got a stale copy or a 503.",
+		}),
 	}
 	var err error
 	if m.requests, err = register(reg, m.requests); err != nil {
@@ -66,6 +71,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		return nil, err
 	}
 	if m.s3Bytes, err = register(reg, m.s3Bytes); err != nil {
+		return nil, err
+	}
+	if m.s3Busy, err = register(reg, m.s3Busy); err != nil {
 		return nil, err
 	}
 	if _, err = register[prometheus.Collector](reg, storeCollector{}); err != nil {
@@ -115,10 +123,7 @@ type instrumentedOrigin struct {
 }
 
 func (o instrumentedOrigin) fetch(ctx context.Context, req originRequest) (*originResponse, error) {
-	op := "GetObject"
-	if req.head {
-		op = "HeadObject"
-	}
+	op := req.op()
 	start := time.Now()
 	resp, err := o.origin.fetch(ctx, req)
 	o.m.s3Duration.WithLabelValues(op).Observe(time.Since(start).Seconds())

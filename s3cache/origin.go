@@ -41,6 +41,14 @@ type originRequest struct {
 	ifUnmodifiedSince time.Time
 }
 
+// op names the S3 operation, for logs and metrics.
+func (r originRequest) op() string {
+	if r.head {
+		return "HeadObject"
+	}
+	return "GetObject"
+}
+
 // originResponse is S3's answer: 200 or 206 with a body (nil for HEAD), or
 // one of the bodiless answers to a conditional or range request (304, 412,
 // 416). Header is S3's raw header; the handler applies the header policy.
@@ -58,8 +66,11 @@ type originError struct {
 	status         int // for the client: 404, 502 or 504
 	upstreamStatus int // what S3 answered, 0 if it did not
 	timeout        bool
-	op             string
-	reason         string
+	// busy marks a request that never reached S3 because every slot of
+	// max_concurrent_fills stayed taken; the client is told to retry.
+	busy   bool
+	op     string
+	reason string
 }
 
 func (e *originError) Error() string {
