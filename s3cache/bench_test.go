@@ -24,12 +24,18 @@ func (w *discardWriter) ReadFrom(r io.Reader) (int64, error) {
 	return io.Copy(io.Discard, r)
 }
 
-func benchmarkHit(b *testing.B, size int) {
+// benchmarkHit measures a hit on plain HTTP/1.1 (directBody: sendfile
+// on a real socket, a read loop into discardWriter here) or, with tls, on
+// a connection that must read and check every block (checkedBody).
+func benchmarkHit(b *testing.B, size int, tls bool) {
 	data := objectBytes(size)
 	o := servingOrigin(data)
 	h := newCachedHandler(&testing.T{}, o, b.TempDir(), nil)
 	b.Cleanup(func() { releaseStore(h.storeDir) })
 	req := httptest.NewRequest("GET", "/media_attachments/files/1/original/a.png", nil)
+	if tls {
+		req = httptest.NewRequest("GET", "https://example.social/media_attachments/files/1/original/a.png", nil)
+	}
 	w := &discardWriter{header: http.Header{}}
 	if err := h.ServeHTTP(w, req, nil); err != nil || w.status != 200 {
 		b.Fatalf("fill: %v %d", err, w.status)
@@ -46,8 +52,10 @@ func benchmarkHit(b *testing.B, size int) {
 	}
 }
 
-func BenchmarkHit50KB(b *testing.B) { benchmarkHit(b, 50<<10) }
-func BenchmarkHit1MB(b *testing.B)  { benchmarkHit(b, 1<<20) }
+func BenchmarkHit50KB(b *testing.B)        { benchmarkHit(b, 50<<10, false) }
+func BenchmarkHit1MB(b *testing.B)         { benchmarkHit(b, 1<<20, false) }
+func BenchmarkHit50KBChecked(b *testing.B) { benchmarkHit(b, 50<<10, true) }
+func BenchmarkHit1MBChecked(b *testing.B)  { benchmarkHit(b, 1<<20, true) }
 
 // BenchmarkFillFanOut measures one fill streamed to many readers at once:
 // the cost of the request lock per waiter and per byte.

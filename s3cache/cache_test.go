@@ -7,6 +7,7 @@ import (
 	"hash/crc32"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -548,7 +549,7 @@ func TestEntryFileRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	file := slices.Concat(encodeFixedHeader(&m), meta, body, table)
+	file := slices.Concat(encodeFixedHeader(&m), meta, table, body)
 	got, err := readEntryHeader(bytes.NewReader(file))
 	if err != nil {
 		t.Fatal(err)
@@ -560,7 +561,7 @@ func TestEntryFileRoundTrip(t *testing.T) {
 		got.bodyLen != m.bodyLen || !slices.Equal(got.blockCRCs, m.blockCRCs) || got.fileSize() != int64(len(file)) {
 		t.Fatalf("round trip: %+v", got)
 	}
-	for _, i := range []int{0, 9, 20, 75, entryHeaderSize + 2, len(file) - 1} {
+	for _, i := range []int{0, 9, 20, 75, entryHeaderSize + 2, int(m.bodyOffset()) - 1} {
 		bad := bytes.Clone(file)
 		bad[i] ^= 0xff
 		m2, err := readEntryHeader(bytes.NewReader(bad))
@@ -617,46 +618,121 @@ func dirBytes(t *testing.T, dir string) int64 {
 	return total
 }
 
-// TestBitRotInALaterBlockCutsTheTransfer flips a byte the way a failing
-// disk does, leaving size and mtime alone, so only the block checksums can
-// see it.
-func TestBitRotInALaterBlockCutsTheTransfer(t *testing.T) {
+// TestDamagedEntryIsNeverServed damages a later block of an entry file
+// in three ways and checks that its bytes never reach a client:
+//
+//   - altered in place (mtime put back, but the change time moves): found
+//     before the status line, on any connection, and answered from S3;
+//   - bit rot no metadata shows, on a TLS connection (read through
+//     checkedBody): a range in a good block is still a HIT, the whole
+//     object is cut short at the bad block, and the entry is removed;
+//   - the same rot on a sendfile connection: the file is trusted only
+//     for reverifyInterval after its last full check, and the check that
+//     follows finds it before the status line.
+func TestDamagedEntryIsNeverServed(t *testing.T) {
 	data := objectBytes(3 * blockSize)
-	o := servingOrigin(data)
-	h := newCachedHandler(t, o, t.TempDir(), nil)
-	srv := serve(t, h)
-	get(t, srv.URL+"/v/a.mp4")
-	waitStored(t, h, "v/a.mp4")
-	e, _ := h.store.lookup(h.cacheKey("v/a.mp4"), time.Now())
-	f, err := os.OpenFile(e.path, os.O_WRONLY, 0)
+	tests := []struct {
+		name string
+		tls  bool
+		// invisible makes the store see the damaged file as the one
+		// it checked, as a disk's bit rot would leave it; checkedAgo
+		// is how long ago that check was.
+		invisible  bool
+		checkedAgo time.Duration
+		wantCut    bool // the whole object is cut short (else a clean MISS)
+	}{
+		{name: "altered in place", tls: false},
+		{name: "altered in place, TLS", tls: true},
+		{name: "bit rot, TLS", tls: true, invisible: true, wantCut: true},
+		{name: "bit rot, sendfile, at the next check", tls: false, invisible: true, checkedAgo: reverifyInterval},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newCachedHandler(t, servingOrigin(data), t.TempDir(), nil)
+			srv := httptest.NewUnstartedServer(handlerFor(h))
+			if tt.tls {
+				srv.StartTLS()
+			} else {
+				srv.Start()
+			}
+			t.Cleanup(srv.Close)
+			client := srv.Client()
+			fetch := func(headers ...string) (*http.Response, []byte, error) {
+				req, _ := http.NewRequest("GET", srv.URL+"/v/a.mp4", nil)
+				for i := 0; i+1 < len(headers); i += 2 {
+					req.Header.Set(headers[i], headers[i+1])
+				}
+				resp, err := client.Do(req)
+				if err != nil {
+					return nil, nil, err
+				}
+				defer resp.Body.Close()
+				body, err := io.ReadAll(resp.Body)
+				return resp, body, err
+			}
+
+			if _, _, err := fetch(); err != nil {
+				t.Fatal(err)
+			}
+			waitStored(t, h, "v/a.mp4")
+			ckey := h.cacheKey("v/a.mp4")
+			e, _ := h.store.lookup(ckey, time.Now())
+			damageBlock(t, e.path, e.meta.bodyOffset()+2*blockSize+5)
+			if tt.invisible {
+				info, err := os.Stat(e.path)
+				if err != nil {
+					t.Fatal(err)
+				}
+				h.store.markKnown(&e, identityOf(info))
+				h.store.mu.Lock()
+				h.store.entries[ckey].verifiedAt = time.Now().Add(-tt.checkedAgo)
+				h.store.mu.Unlock()
+			}
+
+			if tt.wantCut {
+				resp, body, err := fetch("Range", "bytes=0-99")
+				if err != nil || resp.StatusCode != 206 || !bytes.Equal(body, data[:100]) || resp.Header.Get("X-Cache-Status") != "HIT" {
+					t.Fatalf("range in a good block: %v", err)
+				}
+				if _, got, err := fetch(); err == nil {
+					t.Fatalf("a corrupt entry was served as a complete response (%d bytes, equal %v)", len(got), bytes.Equal(got, data))
+				}
+				if _, ok := h.store.lookup(ckey, time.Now()); ok {
+					t.Fatal("the corrupt entry is still indexed")
+				}
+			}
+			resp, body, err := fetch()
+			if err != nil || resp.Header.Get("X-Cache-Status") != "MISS" || !bytes.Equal(body, data) {
+				t.Fatalf("after the damage: err %v, want a MISS with the right bytes", err)
+			}
+			resp, body, err = fetch()
+			if err != nil || resp.Header.Get("X-Cache-Status") != "HIT" || !bytes.Equal(body, data) {
+				t.Fatalf("once fetched again: err %v, want a HIT with the right bytes", err)
+			}
+		})
+	}
+}
+
+// damageBlock flips one byte of a file in place and puts its mtime back.
+func damageBlock(t *testing.T, path string, off int64) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	info, _ := f.Stat()
-	f.WriteAt([]byte{0xAA}, e.meta.bodyOffset()+2*blockSize+5)
-	f.Close()
-	os.Chtimes(e.path, info.ModTime(), info.ModTime()) // bit rot: nothing else changes
-
-	// A range inside the good first block is still served.
-	resp, body := get(t, srv.URL+"/v/a.mp4", "Range", "bytes=0-99")
-	if resp.StatusCode != 206 || !bytes.Equal(body, data[:100]) || resp.Header.Get("X-Cache-Status") != "HIT" {
-		t.Fatalf("range in a good block: %d %s", resp.StatusCode, resp.Header.Get("X-Cache-Status"))
+	defer f.Close()
+	info, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
 	}
-	// The whole object: the bad block is found after the status line,
-	// so the transfer is cut short rather than completed with bad bytes.
-	resp2, err := http.Get(srv.URL + "/v/a.mp4")
-	if err == nil {
-		got, rerr := io.ReadAll(resp2.Body)
-		resp2.Body.Close()
-		if rerr == nil {
-			t.Fatalf("a corrupt entry was served as a complete response (%d bytes, equal %v)", len(got), bytes.Equal(got, data))
-		}
+	b := []byte{0}
+	if _, err := f.ReadAt(b, off); err != nil {
+		t.Fatal(err)
 	}
-	if _, ok := h.store.lookup(h.cacheKey("v/a.mp4"), time.Now()); ok {
-		t.Fatal("the corrupt entry is still indexed")
+	if _, err := f.WriteAt([]byte{b[0] ^ 0xAA}, off); err != nil {
+		t.Fatal(err)
 	}
-	resp, body = get(t, srv.URL+"/v/a.mp4")
-	if resp.Header.Get("X-Cache-Status") != "MISS" || !bytes.Equal(body, data) {
-		t.Fatalf("after removal: %s", resp.Header.Get("X-Cache-Status"))
+	if err := os.Chtimes(path, info.ModTime(), info.ModTime()); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -18,18 +18,24 @@ import (
 //
 //	fixed header  entryHeaderSize bytes, little endian, CRC-protected
 //	metadata      JSON, metaLen bytes, CRC-protected
-//	body          bodyLen bytes, exactly as S3 sent them
 //	block table   one CRC-32C per blockSize bytes of body
+//	body          bodyLen bytes, exactly as S3 sent them, to the end of the file
 //
 // The fixed header holds what changes after the entry is written
 // (freshness times on revalidation) so it can be rewritten in place with
 // one small pwrite, like nginx's ngx_http_file_cache_update_header;
-// everything else is written once. The block table lets every read of
-// the body, whole or a range, be checked before a byte of it is sent: a
+// everything else is written once. The block table lets a read of the
+// body, whole or a range, be checked before a byte of it is sent: a
 // flipped bit on disk costs one block's CRC to notice, not a reread of the
-// object, and is never served.
+// object. The table comes before the body, its size known from S3's
+// Content-Length and filled in when the body is complete, so that the body
+// runs to the end of the file and a checked file can be handed to
+// sendfile(2) as it is (see directBody).
+//
+// Version 2 kept the table after the body; such files fail the magic check
+// and are removed at load, which costs one S3 fetch each after an upgrade.
 const (
-	entryMagic      = "S3MCENT2"
+	entryMagic      = "S3MCENT3"
 	entryHeaderSize = 8 + 4 + 4 + 8 + 8 + 8 + 4 + 4 + 24 + 4 // magic, metaLen, metaCRC, storedAt, expiresAt, bodyLen, blockSize, tableCRC, reserved, headerCRC
 	maxMetaLen      = 64 << 10
 	blockSize       = 64 << 10
@@ -76,8 +82,8 @@ func (m *entryMeta) lengthOf(br byteRange) string {
 	return strconv.FormatInt(br.length, 10)
 }
 
-// bodyOffset is where the body starts in the entry file.
-func (m *entryMeta) bodyOffset() int64 {
+// tableOffset is where the block table starts in the entry file.
+func (m *entryMeta) tableOffset() int64 {
 	return int64(entryHeaderSize + m.metaLen)
 }
 
@@ -86,14 +92,14 @@ func (m *entryMeta) blockCount() int64 {
 	return (m.bodyLen + blockSize - 1) / blockSize
 }
 
-// tableOffset is where the block table starts in the entry file.
-func (m *entryMeta) tableOffset() int64 {
-	return m.bodyOffset() + m.bodyLen
+// bodyOffset is where the body starts in the entry file.
+func (m *entryMeta) bodyOffset() int64 {
+	return m.tableOffset() + 4*m.blockCount()
 }
 
 // fileSize is the exact size of a complete entry file.
 func (m *entryMeta) fileSize() int64 {
-	return m.tableOffset() + 4*m.blockCount()
+	return m.bodyOffset() + m.bodyLen
 }
 
 // encodeBlockTable renders the block table and records its CRC.

@@ -69,7 +69,15 @@ func newTestHandler(t *testing.T, o origin, root string) *Handler {
 // into statuses the way Caddy does when no handle_errors is configured.
 func serve(t *testing.T, h *Handler) *httptest.Server {
 	t.Helper()
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv := httptest.NewServer(handlerFor(h))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// handlerFor runs h as Caddy would, with a handler error written as its
+// status and an empty body.
+func handlerFor(h *Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if err := h.ServeHTTP(w, r, nil); err != nil {
 			var he caddyhttp.HandlerError
 			if errors.As(err, &he) {
@@ -78,9 +86,7 @@ func serve(t *testing.T, h *Handler) *httptest.Server {
 			}
 			w.WriteHeader(500)
 		}
-	}))
-	t.Cleanup(srv.Close)
-	return srv
+	})
 }
 
 func TestMidBodyFailureAbortsInsteadOfShort200(t *testing.T) {

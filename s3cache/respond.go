@@ -130,6 +130,65 @@ func (c *checkedReader) release() {
 	}
 }
 
+// directBody is a committed entry file whose every block passed its
+// check recently (reverifyInterval), answered on a connection that can
+// take sendfile(2): plain HTTP/1.x. A section that runs to the end of the
+// body (a whole object, or an open-ended range such as a video player's
+// "bytes=0-") goes to the socket from the page cache without passing
+// through this process, as nginx sends its cache files; other sections are
+// read and checked block by block like checkedBody's.
+//
+// f is the request's own descriptor: sendfile reads from the file offset,
+// which the descriptors kept open for concurrent hits cannot share.
+type directBody struct {
+	f       *os.File
+	checked checkedBody
+}
+
+func (b *directBody) section(off, n int64) (io.Reader, error) {
+	m := b.checked.meta
+	if n > 0 && off+n == m.bodyLen {
+		if _, err := b.f.Seek(m.bodyOffset()+off, io.SeekStart); err == nil {
+			return &fileTail{f: b.f, n: n}, nil
+		}
+	}
+	return b.checked.section(off, n)
+}
+
+// fileTail is the last n bytes of f, from its current offset to its end.
+type fileTail struct {
+	f *os.File
+	n int64
+}
+
+// Read makes fileTail an io.Reader for any caller other than
+// copyOrAbort; it stops after n bytes.
+func (t *fileTail) Read(p []byte) (int, error) {
+	if t.n <= 0 {
+		return 0, io.EOF
+	}
+	if int64(len(p)) > t.n {
+		p = p[:t.n]
+	}
+	n, err := t.f.Read(p)
+	t.n -= int64(n)
+	return n, err
+}
+
+// sendTo hands the file itself to w's ReadFrom, which Caddy's writers pass
+// down to net/http and the TCP connection: sendfile(2). Caddy's idle
+// timeout writer cuts the transfer into chunks of its MaxWriteChunk, each
+// an *io.LimitedReader around this *os.File, which the net package still
+// sends with sendfile. Anything wrapping the file (io.LimitReader of our
+// own, io.Copy's fallback) would turn it into a read-and-write loop, which
+// is why the file runs exactly to the end of the section.
+func (t *fileTail) sendTo(w io.Writer) (int64, error) {
+	if rf, ok := w.(io.ReaderFrom); ok {
+		return rf.ReadFrom(t.f)
+	}
+	return io.Copy(w, t.f)
+}
+
 // fillBody is a body still being fetched; reads wait for the bytes. If
 // the fill cannot write them to disk, resume fetches the rest from S3.
 type fillBody struct {
@@ -291,23 +350,32 @@ func (h *Handler) writeMultipart(w http.ResponseWriter, m *entryMeta, cacheStatu
 // response that looks complete. Caddy's reverse proxy does the same. If the
 // client fails, there is nobody left to tell.
 func (h *Handler) copyOrAbort(w http.ResponseWriter, body io.Reader, key, cacheStatus string) {
-	if cr, ok := body.(*checkedReader); ok {
-		n, err := cr.WriteTo(w)
-		h.metrics.countBytes(sourceOf(cacheStatus), n)
+	var n int64
+	var err, srcErr error // srcErr: the body's own failure, as opposed to the client's
+	switch b := body.(type) {
+	case *fileTail:
+		n, err = b.sendTo(w)
+		if err == nil && n != b.n {
+			srcErr = fmt.Errorf("%w: sent %d of %d bytes: the file changed while being sent", errCorruptEntry, n, b.n)
+		}
+	case *checkedReader:
+		n, err = b.WriteTo(w)
 		if errors.Is(err, errCorruptEntry) {
-			h.abort(key, err)
+			srcErr = err
 		}
-		return // any other error is the client's
+	default:
+		src := &readErrorRecorder{r: body}
+		n, err = io.Copy(w, src)
+		if src.err != nil && !errors.Is(src.err, errClientGone) {
+			srcErr = src.err
+		}
 	}
-	src := &readErrorRecorder{r: body}
-	n, err := io.Copy(w, src)
 	h.metrics.countBytes(sourceOf(cacheStatus), n)
+	if srcErr != nil {
+		h.abort(key, srcErr)
+	}
 	if err != nil {
-		if src.err == nil || errors.Is(src.err, errClientGone) {
-			h.logger.Debug("client stopped reading", zap.String("key", key), zap.Error(err))
-			return
-		}
-		h.abort(key, src.err)
+		h.logger.Debug("client stopped reading", zap.String("key", key), zap.Error(err))
 	}
 }
 

@@ -150,20 +150,28 @@ type entry struct {
 	// or changed there since, checks every block before answering;
 	// otherwise blocks are checked as they are sent.
 	known fileIdentity
+	// When the whole body last passed its checks: written by this
+	// process, or read back in full. directBody trusts a file only for
+	// reverifyInterval after that.
+	verifiedAt time.Time
 }
 
 // fileIdentity is what fstat says about a file, enough to notice that it
-// was replaced or written to.
+// was replaced or written to. The change time is in it because nothing
+// short of root can set it back: a file altered in place and given its old
+// mtime with touch -r still shows as changed.
 type fileIdentity struct {
 	ino   uint64
 	size  int64
 	mtime int64
+	ctime int64
 }
 
 func identityOf(info fs.FileInfo) fileIdentity {
 	id := fileIdentity{size: info.Size(), mtime: info.ModTime().UnixNano()}
 	if st, ok := info.Sys().(*syscall.Stat_t); ok {
 		id.ino = st.Ino
+		id.ctime = changeTime(st)
 	}
 	return id
 }
@@ -185,7 +193,7 @@ func (s *store) markKnown(e *entry, id fileIdentity) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if cur, ok := s.entries[e.meta.Key]; ok && cur.gen == e.gen {
-		cur.known = id
+		cur.known, cur.verifiedAt = id, time.Now()
 		if cur.file != nil {
 			cur.file.id = id
 		}
@@ -609,7 +617,7 @@ func (s *store) commit(f *fill, tmpPath string, m entryMeta, id fileIdentity, re
 		delete(s.fills, f.key)
 	}
 	e := s.insertLocked(m.Key, path, m, m.fileSize(), time.Now())
-	e.known = id // written and checksummed by this process
+	e.known, e.verifiedAt = id, time.Now() // written and checksummed by this process
 	doomed := s.evictUntilUnderLocked(0)
 	s.mu.Unlock()
 	s.removeFiles(doomed)
