@@ -301,6 +301,7 @@ func (h *Handler) serveEntryDirect(w http.ResponseWriter, r *http.Request, e *en
 		}
 		h.store.markKnown(e, id)
 	}
+	defer corkFor(r)()
 	onCorrupt := func(err error) { h.store.discardCorrupt(e.path, err) }
 	body := &directBody{f: f, checked: checkedBody{f: f, meta: &e.meta, onCorrupt: onCorrupt}}
 	return h.respondStored(w, r, &e.meta, cacheStatus, body)

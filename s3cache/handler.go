@@ -214,6 +214,8 @@ type Handler struct {
 	origin      origin
 	closeOrigin func()
 	localRoot   *os.Root
+	localDir    *os.File // the same directory, for nothingAt
+	localDirFD  int
 	policy      headerPolicy
 	logger      *zap.Logger
 
@@ -305,6 +307,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			return fmt.Errorf("s3_media_cache: %w", err)
 		}
 		h.origin, h.closeOrigin = o, o.close
+	}
+	if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok {
+		srv.RegisterConnContext(rememberConn) // for corkFor
 	}
 	m, err := newMetrics(ctx.GetMetricsRegistry())
 	if err != nil {
@@ -418,6 +423,9 @@ func (h *Handler) openRoot(dir string) error {
 		return fmt.Errorf("s3_media_cache: opening root %s: %w (check that it is a readable directory)", dir, err)
 	}
 	h.localRoot = root
+	if dir, err := os.Open(dir); err == nil {
+		h.localDir, h.localDirFD = dir, int(dir.Fd())
+	}
 	return nil
 }
 
@@ -484,6 +492,9 @@ func (h *Handler) Cleanup() error {
 	}
 	if h.closeOrigin != nil {
 		h.closeOrigin()
+	}
+	if h.localDir != nil {
+		h.localDir.Close()
 	}
 	if h.localRoot != nil {
 		return h.localRoot.Close()
@@ -583,6 +594,9 @@ func (h *Handler) servePurge(w http.ResponseWriter, r *http.Request) error {
 // multipart), If-None-Match, If-Modified-Since, If-Match, If-Range and
 // HEAD, as nginx's static module does.
 func (h *Handler) serveLocal(w http.ResponseWriter, r *http.Request, rel string) bool {
+	if h.localDir != nil && nothingAt(h.localDirFD, rel) {
+		return false
+	}
 	info, err := h.localRoot.Stat(rel)
 	if err != nil || !info.Mode().IsRegular() {
 		// Missing, a directory, a device, or a symlink leading outside

@@ -55,12 +55,10 @@ func newTestHandler(t *testing.T, o origin, root string) *Handler {
 	}
 	h.policy = p
 	if root != "" {
-		r, err := os.OpenRoot(root)
-		if err != nil {
+		if err := h.openRoot(root); err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { r.Close() })
-		h.localRoot = r
+		t.Cleanup(func() { h.Cleanup() })
 	}
 	return h
 }
@@ -178,6 +176,9 @@ func TestLocalRootNeverLeadsOutside(t *testing.T) {
 	if err := os.Symlink(filepath.Join(outside, "secret.txt"), filepath.Join(root, "media", "link.png")); err != nil {
 		t.Fatal(err)
 	}
+	if err := os.Symlink(filepath.Join(root, "gone"), filepath.Join(root, "media", "dangling.png")); err != nil {
+		t.Fatal(err)
+	}
 	if err := os.Symlink(outside, filepath.Join(root, "out")); err != nil {
 		t.Fatal(err)
 	}
@@ -196,6 +197,9 @@ func TestLocalRootNeverLeadsOutside(t *testing.T) {
 		{"/media/link.png", 404, "", "MISS"},
 		{"/out/secret.txt", 404, "", "MISS"},
 		{"/media", 404, "", "MISS"}, // a directory falls through to S3
+		{"/media/none.png", 404, "", "MISS"},
+		{"/media/a.png/x", 404, "", "MISS"}, // through a file: ENOTDIR
+		{"/media/dangling.png", 404, "", "MISS"},
 	}
 	for _, tt := range tests {
 		resp, err := http.Get(srv.URL + tt.path)
