@@ -236,6 +236,7 @@ func (h *Handler) serveEntry(w http.ResponseWriter, r *http.Request, e *entry, c
 		h.policy.decorate(w.Header(), http.StatusNotFound, cacheStatus, time.Now())
 		return caddyhttp.Error(http.StatusNotFound, errCachedNotFound)
 	}
+	defer corkFor(r)()
 	if canSendfile(r) {
 		return h.serveEntryDirect(w, r, e, cacheStatus)
 	}
@@ -301,7 +302,6 @@ func (h *Handler) serveEntryDirect(w http.ResponseWriter, r *http.Request, e *en
 		}
 		h.store.markKnown(e, id)
 	}
-	defer corkFor(r)()
 	onCorrupt := func(err error) { h.store.discardCorrupt(e.path, err) }
 	body := &directBody{f: f, checked: checkedBody{f: f, meta: &e.meta, onCorrupt: onCorrupt}}
 	return h.respondStored(w, r, &e.meta, cacheStatus, body)

@@ -20,16 +20,24 @@ func rememberConn(ctx context.Context, c net.Conn) context.Context {
 }
 
 // corkFor holds back partial frames on r's connection until the returned
-// function is called, like nginx's tcp_nopush with sendfile: net/http
-// writes the status line and headers on their own before sendfile sends
-// the body, and without this they would leave as a packet of their own,
-// costing the client a wake-up and both sides a round through the stack
-// per response. Where the socket cannot be reached (a wrapped listener,
-// not Linux) it does nothing.
+// function is called, like nginx's tcp_nopush: net/http writes the status
+// line and headers on their own before sendfile sends the body, and TLS
+// writes one record per 16 KiB; without this each write would leave as a
+// packet of its own, costing the client a wake-up and both sides a trip
+// through the stack. Only HTTP/1.x: on HTTP/2 other streams share the
+// socket. Where the socket cannot be reached (a listener wrapper of
+// another kind, not Linux) it does nothing.
 func corkFor(r *http.Request) (uncork func()) {
-	tc, ok := r.Context().Value(connCtxKey{}).(*net.TCPConn)
+	if r.ProtoMajor != 1 {
+		return func() {}
+	}
+	c, _ := r.Context().Value(connCtxKey{}).(net.Conn)
+	if tc, ok := c.(interface{ NetConn() net.Conn }); ok { // *tls.Conn
+		c = tc.NetConn()
+	}
+	tcp, ok := c.(*net.TCPConn)
 	if !ok {
 		return func() {}
 	}
-	return setCork(tc)
+	return setCork(tcp)
 }

@@ -2,6 +2,7 @@ package s3cache
 
 import (
 	"bytes"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -10,11 +11,20 @@ import (
 	"testing"
 )
 
-// TestDirectHitsLeaveTheSocketUncorked serves hits through directBody on
-// connections that rememberConn made reachable, and checks every byte
-// arrives and that TCP_CORK is off again once the response is out:
-// a cork left on would hold the next response's last frame for 200 ms.
-func TestDirectHitsLeaveTheSocketUncorked(t *testing.T) {
+// TestHitsLeaveTheSocketUncorked serves hits on connections that
+// rememberConn made reachable, plain (directBody) and TLS (checkedBody), and
+// checks every byte arrives and that TCP_CORK is off again once the
+// response is out: a cork left on would hold the next response's last
+// frame for 200 ms.
+func TestHitsLeaveTheSocketUncorked(t *testing.T) {
+	for _, tls := range []bool{false, true} {
+		t.Run(map[bool]string{false: "plain", true: "TLS"}[tls], func(t *testing.T) {
+			testHitsLeaveTheSocketUncorked(t, tls)
+		})
+	}
+}
+
+func testHitsLeaveTheSocketUncorked(t *testing.T, tls bool) {
 	data := objectBytes(3*blockSize + 17)
 	h := newCachedHandler(t, servingOrigin(data), t.TempDir(), nil)
 	var mu sync.Mutex
@@ -23,13 +33,37 @@ func TestDirectHitsLeaveTheSocketUncorked(t *testing.T) {
 	srv.Config.ConnContext = rememberConn
 	srv.Config.ConnState = func(c net.Conn, s http.ConnState) {
 		if s == http.StateNew {
+			if tc, ok := c.(interface{ NetConn() net.Conn }); ok {
+				c = tc.NetConn()
+			}
 			mu.Lock()
 			conns = append(conns, c.(*net.TCPConn))
 			mu.Unlock()
 		}
 	}
-	srv.Start()
+	if tls {
+		srv.StartTLS()
+	} else {
+		srv.Start()
+	}
 	t.Cleanup(srv.Close)
+	get := func(t *testing.T, url string, headers ...string) (*http.Response, []byte) {
+		t.Helper()
+		req, _ := http.NewRequest("GET", url, nil)
+		for i := 0; i+1 < len(headers); i += 2 {
+			req.Header.Set(headers[i], headers[i+1])
+		}
+		resp, err := srv.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp, body
+	}
 
 	get(t, srv.URL+"/v/a.mp4")
 	waitStored(t, h, "v/a.mp4")
