@@ -87,6 +87,17 @@ func BenchmarkFillFanOut(b *testing.B) {
 	}
 }
 
+// storeObject GETs key through the server at baseURL and waits for its
+// fill to commit, leaving key cached.
+func storeObject(t *testing.T, h *Handler, baseURL, key string) {
+	t.Helper()
+	resp, _ := get(t, baseURL+"/"+key)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("storing %s: %d", key, resp.StatusCode)
+	}
+	waitStored(t, h, key)
+}
+
 // waitStored waits for the fill of key to commit: its last reader can
 // finish a moment before the writer renames the file into place.
 func waitStored(tb testing.TB, h *Handler, key string) {

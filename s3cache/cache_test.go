@@ -263,8 +263,7 @@ func TestHitAnswersRangesConditionalsAndHead(t *testing.T) {
 	o := servingOrigin(data)
 	h := newCachedHandler(t, o, t.TempDir(), nil)
 	srv := serve(t, h)
-	get(t, srv.URL+"/v/a.mp4") // fill
-	waitStored(t, h, "v/a.mp4")
+	storeObject(t, h, srv.URL, "v/a.mp4")
 
 	resp, body := get(t, srv.URL+"/v/a.mp4", "Range", "bytes=100-199")
 	if resp.StatusCode != 206 || !bytes.Equal(body, data[100:200]) || resp.Header.Get("Content-Range") != "bytes 100-199/100000" || resp.Header.Get("X-Cache-Status") != "HIT" {
@@ -342,8 +341,7 @@ func TestRestartServesHitsFromDisk(t *testing.T) {
 	o := servingOrigin(data)
 	h := newCachedHandler(t, o, dir, nil)
 	srv := serve(t, h)
-	get(t, srv.URL+"/v/a.mp4")
-	waitStored(t, h, "v/a.mp4")
+	storeObject(t, h, srv.URL, "v/a.mp4")
 	releaseStore(dir) // the process stops: the store is destroyed
 
 	h2 := newCachedHandler(t, o, dir, nil)
@@ -363,8 +361,7 @@ func TestCorruptEntryIsNeverServed(t *testing.T) {
 	o := servingOrigin(data)
 	h := newCachedHandler(t, o, dir, nil)
 	srv := serve(t, h)
-	get(t, srv.URL+"/v/a.mp4")
-	waitStored(t, h, "v/a.mp4")
+	storeObject(t, h, srv.URL, "v/a.mp4")
 	e, ok := h.store.lookup(h.cacheKey("v/a.mp4"), time.Now())
 	if !ok {
 		t.Fatal("not stored")
@@ -406,8 +403,7 @@ func TestExpiredEntryRevalidatesOrIsReplaced(t *testing.T) {
 		h.UseStale = []string{"error"}
 	})
 	srv := serve(t, h)
-	get(t, srv.URL+"/v/a.mp4")
-	waitStored(t, h, "v/a.mp4")
+	storeObject(t, h, srv.URL, "v/a.mp4")
 	time.Sleep(80 * time.Millisecond)
 
 	mu.Lock()
@@ -444,8 +440,7 @@ func TestStaleServedWhenS3Fails(t *testing.T) {
 		h.UseStale = []string{"error", "http_503"}
 	})
 	srv := serve(t, h)
-	get(t, srv.URL+"/v/a.mp4")
-	waitStored(t, h, "v/a.mp4")
+	storeObject(t, h, srv.URL, "v/a.mp4")
 	time.Sleep(80 * time.Millisecond)
 	mu.Lock()
 	down = true
@@ -479,8 +474,7 @@ func TestUpdatingServesStaleWhileOneRefreshRuns(t *testing.T) {
 		h.Valid = map[string]caddy.Duration{"200": caddy.Duration(50 * time.Millisecond)}
 	})
 	srv := serve(t, h)
-	get(t, srv.URL+"/v/a.mp4")
-	waitStored(t, h, "v/a.mp4")
+	storeObject(t, h, srv.URL, "v/a.mp4")
 	time.Sleep(80 * time.Millisecond)
 	for range 5 {
 		resp, body := get(t, srv.URL+"/v/a.mp4")

@@ -31,12 +31,11 @@ func entryFileFor(meta, body []byte, storedAt, expiresAt time.Time) []byte {
 	return file
 }
 
-// loadEntry writes file to dir and reads it back the way the loader and a
-// hit do: readEntryFile, then a checked read of length bytes of the body
-// from off.
-func loadEntry(t *testing.T, dir string, file []byte, off, length int64) (entryMeta, []byte, error) {
+// loadEntry writes file to path and reads it back the way the loader
+// and a hit do: readEntryFile, then a checked read of length bytes of the
+// body from off.
+func loadEntry(t *testing.T, path string, file []byte, off, length int64) (entryMeta, []byte, error) {
 	t.Helper()
-	path := filepath.Join(dir, "entry")
 	if err := os.WriteFile(path, file, 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -65,7 +64,7 @@ func TestEntryFileForMatchesTheWriter(t *testing.T) {
 		t.Fatal(err)
 	}
 	body := bytes.Repeat([]byte("abc"), blockSize)
-	got, read, err := loadEntry(t, t.TempDir(), entryFileFor(meta, body, time.Unix(1, 0), time.Unix(2, 0)), 0, int64(len(body)))
+	got, read, err := loadEntry(t, filepath.Join(t.TempDir(), "entry"), entryFileFor(meta, body, time.Unix(1, 0), time.Unix(2, 0)), 0, int64(len(body)))
 	if err != nil {
 		t.Fatalf("a well-formed entry does not load: %v", err)
 	}
@@ -115,6 +114,9 @@ func FuzzEntryMetadata(f *testing.F) {
 	} {
 		f.Add(seed.meta, []byte(seed.body), seed.pad, seed.flip, uint32(0))
 	}
+	// One file per fuzzing process, rewritten by every input: a directory
+	// per input would cost more than the checks.
+	path := filepath.Join(f.TempDir(), "entry")
 	f.Fuzz(func(t *testing.T, meta, body []byte, pad uint16, flip, off uint32) {
 		if len(meta) == 0 || len(meta) > maxMetaLen {
 			return // the framing's own length checks, covered by FuzzReadEntryHeader
@@ -126,8 +128,7 @@ func FuzzEntryMetadata(f *testing.F) {
 			bit := int64(flip) % (int64(len(file)) * 8)
 			file[bit/8] ^= 1 << (bit % 8)
 		}
-		dir := t.TempDir()
-		m, got, err := loadEntry(t, dir, file, from, int64(len(body))-from)
+		m, got, err := loadEntry(t, path, file, from, int64(len(body))-from)
 		if err != nil {
 			if !errors.Is(err, errCorruptEntry) {
 				t.Fatalf("rejected with %v, which does not say the entry is corrupt", err)
@@ -149,7 +150,7 @@ func FuzzEntryMetadata(f *testing.F) {
 		if err != nil {
 			t.Fatalf("an accepted entry's metadata does not encode again: %v", err)
 		}
-		m2, _, err := loadEntry(t, dir, entryFileFor(reencoded, body, m.storedAt, m.expiresAt), 0, 0)
+		m2, _, err := loadEntry(t, path, entryFileFor(reencoded, body, m.storedAt, m.expiresAt), 0, 0)
 		if err != nil {
 			t.Fatalf("re-encoded metadata %s does not load: %v", reencoded, err)
 		}

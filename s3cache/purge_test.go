@@ -22,8 +22,7 @@ func TestCacheBusterPurgesWithTheRightSecretOnly(t *testing.T) {
 	o := servingOrigin(data)
 	h := newCachedHandler(t, o, t.TempDir(), withPurge)
 	srv := serve(t, h)
-	get(t, srv.URL+"/v/a.mp4")
-	waitStored(t, h, "v/a.mp4")
+	storeObject(t, h, srv.URL, "v/a.mp4")
 
 	resp, body := get(t, srv.URL+"/v/a.mp4", "X-Cache-Buster-Secret", "wrong")
 	if resp.StatusCode != 200 || resp.Header.Get("X-Cache-Status") != "HIT" || !bytes.Equal(body, data) {
