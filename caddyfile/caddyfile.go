@@ -62,6 +62,7 @@ func parseDirective(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		lock_timeout <duration>
 //		max_concurrent_fills <n>|off
 //		fill_queue_timeout <duration>
+//		etag_check on|off
 //		valid [<status>...] <duration>|off
 //		revalidate on|off
 //		use_stale <condition>...|off
@@ -150,6 +151,10 @@ func Unmarshal(d *caddyfile.Dispenser, h *s3cache.Handler) error {
 			h.MaxConcurrentFills, err = fillLimitArg(d)
 		case "fill_queue_timeout":
 			h.FillQueueTimeout, err = durationArg(d)
+		case "etag_check":
+			var on bool
+			on, err = onOffArg(d)
+			h.DisableETagCheck = !on
 		case "revalidate":
 			var on bool
 			on, err = onOffArg(d)

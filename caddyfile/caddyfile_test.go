@@ -10,7 +10,11 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
-	_ "github.com/caddyserver/caddy/v2/modules/standard"
+	// The two modules whose directives TestDirectiveNeedsNoRouteBlock
+	// uses, rather than modules/standard: the fuzz target's instrumented
+	// build compiles every package of this test binary.
+	_ "github.com/caddyserver/caddy/v2/modules/caddyhttp/fileserver"
+	_ "github.com/caddyserver/caddy/v2/modules/caddyhttp/headers"
 
 	"github.com/s3mediacache/caddy-s3-media-cache/s3cache"
 )
@@ -83,6 +87,7 @@ func TestUnmarshalCacheOptions(t *testing.T) {
 		lock_timeout 10s
 		max_concurrent_fills 16
 		fill_queue_timeout 2s
+		etag_check off
 		valid 200 304 48h
 		valid 404 off
 		revalidate off
@@ -107,6 +112,7 @@ func TestUnmarshalCacheOptions(t *testing.T) {
 		LockTimeout:        caddy.Duration(10 * time.Second),
 		MaxConcurrentFills: 16,
 		FillQueueTimeout:   caddy.Duration(2 * time.Second),
+		DisableETagCheck:   true,
 		Valid:              map[string]caddy.Duration{"200": caddy.Duration(48 * time.Hour), "304": caddy.Duration(48 * time.Hour), "404": 0},
 		DisableRevalidate:  true,
 		UseStale:           []string{"error", "timeout", "updating", "http_500", "http_502", "http_503", "http_504"},

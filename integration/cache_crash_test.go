@@ -2,6 +2,8 @@ package integration
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/http"
@@ -16,41 +18,89 @@ import (
 	"github.com/s3mediacache/caddy-s3-media-cache/integration/s3test"
 )
 
+// processFaultsArea is the ledger area of kills and reloads.
+const processFaultsArea = "process faults"
+
 // caddyChild is Caddy running as a separate process, so a test can kill
-// it with SIGKILL mid-work, which the in-process Caddy cannot simulate.
+// it with SIGKILL mid-work, which the in-process Caddy cannot simulate,
+// and measure its memory, descriptors and goroutines alone.
 type caddyChild struct {
 	cmd     *exec.Cmd
 	exited  chan struct{}
+	addr    string
 	baseURL string
-	logPath string
+	// adminAddr is its admin endpoint, "" when it has none.
+	adminAddr string
+	logPath   string
+	opts      childOptions
 }
 
-// buildTestCaddy builds integration/cmd/testcaddy (Caddy with this
-// module) into dir. With a warm build cache it is a link, a few seconds.
-func buildTestCaddy(t *testing.T, dir string) string {
-	t.Helper()
-	bin := filepath.Join(dir, "caddy")
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	start := time.Now()
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/s3mediacache/caddy-s3-media-cache/integration/cmd/testcaddy")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("building the test caddy: %v\n%s", err, out)
-	}
-	t.Logf("built %s in %s", bin, time.Since(start))
-	return bin
+// childOptions say what a child Caddy serves.
+type childOptions struct {
+	cacheDir string
+	// extra are more s3_media_cache options.
+	extra []string
+	// admin gives it an admin endpoint on a free loopback port, for
+	// /load, /metrics and /debug/pprof.
+	admin bool
 }
 
-// startCaddyChild runs bin with a site whose cache is cacheDir, and waits
-// until it answers.
-func startCaddyChild(t *testing.T, bin, workDir, cacheDir, name string) *caddyChild {
+var testCaddyBuild struct {
+	sync.Once
+	path string
+	err  error
+}
+
+// testCaddy builds integration/cmd/testcaddy (Caddy with this module),
+// once per run, into a directory of the temp dir named after this
+// checkout: go build leaves an up-to-date binary alone, so when nothing
+// changed since the last run it costs a second instead of a link.
+func testCaddy(t *testing.T) string {
 	t.Helper()
-	addr, err := s3test.FreeLoopbackAddr()
-	if err != nil {
-		t.Fatal(err)
+	testCaddyBuild.Do(func() {
+		root, err := filepath.Abs("..")
+		if err != nil {
+			testCaddyBuild.err = err
+			return
+		}
+		sum := sha256.Sum256([]byte(root))
+		dir := filepath.Join(os.TempDir(), "s3mc-testcaddy-"+hex.EncodeToString(sum[:6]))
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			testCaddyBuild.err = err
+			return
+		}
+		bin := filepath.Join(dir, "caddy")
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		start := time.Now()
+		cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/s3mediacache/caddy-s3-media-cache/integration/cmd/testcaddy")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			testCaddyBuild.err = fmt.Errorf("building the test caddy: %w\n%s", err, out)
+			return
+		}
+		t.Logf("built %s in %s", bin, time.Since(start).Round(time.Millisecond))
+		testCaddyBuild.path = bin
+	})
+	if testCaddyBuild.err != nil {
+		t.Fatal(testCaddyBuild.err)
 	}
-	caddyfile := fmt.Sprintf(`{
-	admin off
+	return testCaddyBuild.path
+}
+
+// caddyfile is the child's Caddyfile, with extra s3_media_cache options
+// on top of its own: a reload changes these.
+func (c *caddyChild) caddyfile(extra ...string) string {
+	admin := "off"
+	if c.adminAddr != "" {
+		admin = c.adminAddr
+	}
+	block := []string{}
+	if c.opts.cacheDir != "" {
+		block = append(block, "cache_dir "+c.opts.cacheDir)
+	}
+	block = append(append(block, c.opts.extra...), extra...)
+	return fmt.Sprintf(`{
+	admin %s
 	auto_https off
 	persist_config off
 	default_bind 127.0.0.1
@@ -61,14 +111,25 @@ http://%s {
 %s
 	}
 }
-`, addr, indent(cacheBlock(cacheDir)))
-	configPath := filepath.Join(workDir, name+".Caddyfile")
-	must(t, os.WriteFile(configPath, []byte(caddyfile), 0o600))
-	c := &caddyChild{baseURL: "http://" + addr, logPath: filepath.Join(workDir, name+".log"), exited: make(chan struct{})}
-	logFile, err := os.Create(c.logPath)
-	if err != nil {
-		t.Fatal(err)
+`, admin, c.addr, indent(blockFor(block...)))
+}
+
+// startCaddyChild runs bin as a child named name (its files in workDir
+// are name.Caddyfile and name.log), and waits until it answers.
+func startCaddyChild(t *testing.T, bin, workDir, name string, opts childOptions) *caddyChild {
+	t.Helper()
+	addr, err := s3test.FreeLoopbackAddr()
+	must(t, err)
+	c := &caddyChild{addr: addr, baseURL: "http://" + addr, logPath: filepath.Join(workDir, name+".log"), exited: make(chan struct{}), opts: opts}
+	if opts.admin {
+		if c.adminAddr, err = s3test.FreeLoopbackAddr(); err != nil {
+			t.Fatal(err)
+		}
 	}
+	configPath := filepath.Join(workDir, name+".Caddyfile")
+	must(t, os.WriteFile(configPath, []byte(c.caddyfile()), 0o600))
+	logFile, err := os.Create(c.logPath)
+	must(t, err)
 	c.cmd = exec.Command(bin, "run", "--config", configPath, "--adapter", "caddyfile")
 	c.cmd.Stdout, c.cmd.Stderr = logFile, logFile
 	s3test.ConfigureChild(c.cmd)
@@ -99,44 +160,54 @@ func (c *caddyChild) kill() {
 	}
 }
 
-// kill -9 in the middle of many fills: whatever is on disk afterwards is
-// either a whole entry or nothing, temp is emptied at the next start, and
-// not one wrong byte is ever served.
+// get fetches path from the child, reading the body as it comes.
+func (c *caddyChild) get(ctx context.Context, path string, headers ...string) streamed {
+	return stream(ctx, http.MethodGet, c.baseURL+path, nil, headers...)
+}
+
+// scanLog checks everything the child logged for secrets.
+func (c *caddyChild) scanLog(t *testing.T, what string) {
+	t.Helper()
+	data, err := os.ReadFile(c.logPath)
+	must(t, err)
+	scanForSecrets(t, what, data)
+}
+
+// kill -9 in the middle of 50 fills of distinct objects: whatever is on
+// disk afterwards is either a whole entry or nothing, temp is emptied at
+// the next start, and not one wrong byte is ever served: every object is
+// compared with the bucket's copy after the restart.
 func TestKill9DuringFillsServesNoWrongByte(t *testing.T) {
 	work := t.TempDir()
-	bin := buildTestCaddy(t, work)
-	const n = 30
-	// 256 KiB, then 50 KiB more each: up to 1.7 MiB.
-	objs := webpObjects(t, n, 2<<20, 300)
+	bin := testCaddy(t)
+	const n = 50
+	// 256 KiB, then 40 KiB more each: up to 2.2 MiB, 60 MiB in all.
+	objs := webpObjects(t, n, 256<<10+(n-1)*40<<10, 300)
 	for i := range objs {
-		objs[i].Body = objs[i].Body[:256<<10+i*50<<10]
+		objs[i].Body = objs[i].Body[:256<<10+i*40<<10]
 	}
 	seeded := seedObjects(t, objs...)
 	cacheDir := t.TempDir()
 	env.proxy.Reset()
 
-	first := startCaddyChild(t, bin, work, cacheDir, "first")
+	first := startCaddyChild(t, bin, work, "first", childOptions{cacheDir: cacheDir})
 	const prefilled = 4
 	for _, o := range objs[:prefilled] {
 		obj := seeded[o.Key]
-		r := stream(context.Background(), http.MethodGet, first.baseURL+urlPath(obj.Key), nil)
-		if ok, why := r.complete(http.StatusOK, obj.Body); !ok {
+		if ok, why := first.get(context.Background(), urlPath(obj.Key)).complete(http.StatusOK, obj.Body); !ok {
 			t.Fatalf("prefill %s: %s", obj.Key, why)
 		}
 		waitEntry(t, cacheDir, obj)
 	}
 
-	// At 512 KiB/s per fill, the 256 KiB to 1.7 MiB objects take 0.5s
-	// to 3.4s: at the kill some fills are committed, some are
-	// committing, most are mid-body.
+	// At 512 KiB/s per fill, the objects take 0.5s to 4.4s: at the kill
+	// some fills are committed, some are committing, most are mid-body.
 	env.proxy.SetFault(s3test.Fault{BytesPerSecond: 512 << 10})
 	results := make([]streamed, n)
 	var wg sync.WaitGroup
 	for i := prefilled; i < n; i++ {
 		obj := seeded[objs[i].Key]
-		wg.Go(func() {
-			results[i] = stream(context.Background(), http.MethodGet, first.baseURL+urlPath(obj.Key), nil)
-		})
+		wg.Go(func() { results[i] = first.get(context.Background(), urlPath(obj.Key)) })
 	}
 	time.Sleep(1200 * time.Millisecond)
 	killedAt := time.Now()
@@ -156,14 +227,43 @@ func TestKill9DuringFillsServesNoWrongByte(t *testing.T) {
 	t.Logf("at the kill: %d of %d fills complete, %d entry files, %d temp files",
 		whole, n-prefilled, len(entryFiles(t, cacheDir)), len(tempFiles(t, cacheDir)))
 
-	second := startCaddyChild(t, bin, work, cacheDir, "second")
+	// What the kill left: every entry file is a whole copy of its object.
+	known := map[string]s3test.Seeded{}
+	for _, o := range objs {
+		known[entryPathFor(cacheDir, seeded[o.Key])] = seeded[o.Key]
+	}
+	var onDisk int64
+	badOnDisk := 0
+	for path := range entryFiles(t, cacheDir) {
+		obj, ok := known[path]
+		switch {
+		case !ok:
+			badOnDisk++
+			t.Errorf("an entry file for no object: %s", path)
+		case !entryHoldsBody(path, obj.Body):
+			badOnDisk++
+			t.Errorf("the entry file of %s does not hold its bytes", obj.Key)
+		default:
+			onDisk += obj.Size
+		}
+	}
+	recordBytes(t, processFaultsArea, "kill -9: entry files left on disk", onDisk, badOnDisk)
+
+	second := startCaddyChild(t, bin, work, "second", childOptions{cacheDir: cacheDir})
 	if names := tempFiles(t, cacheDir); len(names) != 0 {
 		t.Errorf("temp holds %v after the restart, want nothing", names)
 	}
-	hits := 0
+	hits, mismatches := 0, 0
+	var served int64
 	for i, o := range objs {
 		obj := seeded[o.Key]
-		r := stream(context.Background(), http.MethodGet, second.baseURL+urlPath(obj.Key), nil)
+		r := second.get(context.Background(), urlPath(obj.Key))
+		if r.err == nil && r.readErr == nil && r.status == http.StatusOK {
+			served += r.n
+			if r.sum != obj.SHA256 {
+				mismatches++
+			}
+		}
 		if ok, why := r.complete(http.StatusOK, obj.Body); !ok {
 			t.Errorf("%s after the restart: %s", obj.Key, why)
 			continue
@@ -178,7 +278,11 @@ func TestKill9DuringFillsServesNoWrongByte(t *testing.T) {
 			t.Errorf("%s, complete before the kill, is %s after the restart, want HIT", obj.Key, status)
 		}
 	}
+	recordBytes(t, processFaultsArea, "kill -9: every object served after the restart", served, mismatches)
 	t.Logf("after the restart: %d of %d objects were hits", hits, n)
+	first.scanLog(t, "log of a child Caddy killed with -9")
+	second.scanLog(t, "log of a child Caddy restarted after kill -9")
+	recordFault(t, processFaultsArea, "kill -9 during 50 concurrent fills, then restart", !t.Failed(), "see the test's errors")
 	if t.Failed() {
 		t.Logf("log of the restarted caddy:\n%s", s3test.LogTail(second.logPath, 30))
 	}

@@ -477,3 +477,18 @@ func median(ds []time.Duration) time.Duration {
 	slices.Sort(ds)
 	return ds[len(ds)/2]
 }
+
+// readFileOrNil is the content of path, nil if it cannot be read.
+func readFileOrNil(path string) []byte {
+	data, _ := os.ReadFile(path)
+	return data
+}
+
+// fileSize is the size of path, -1 if it does not exist.
+func fileSize(path string) int64 {
+	info, err := os.Stat(path)
+	if err != nil {
+		return -1
+	}
+	return info.Size()
+}

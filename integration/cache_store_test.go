@@ -168,6 +168,7 @@ func TestEntriesSurviveRestartAndReload(t *testing.T) {
 		if exists(leftover) {
 			t.Errorf("temp file %s survived the start", leftover)
 		}
+		recordFault(t, processFaultsArea, "restart with a crash's temp file left", !t.Failed(), "see the test's errors")
 	})
 
 	t.Run("forced reload of the same config", func(t *testing.T) {
@@ -205,6 +206,7 @@ func TestEntriesSurviveRestartAndReload(t *testing.T) {
 		wantS3Gets(t, big, 1)
 		waitEntry(t, dir, big)
 		wantHitWithoutS3(t, big)
+		recordFault(t, processFaultsArea, "reload with a fill in flight", !t.Failed(), "see the test's errors")
 	})
 }
 
@@ -291,11 +293,21 @@ func TestMaxSizeHoldsDuringConcurrentFills(t *testing.T) {
 	if peak > maxSize {
 		t.Errorf("entry and fill files reached %d bytes, over max_size %d", peak, maxSize)
 	}
+	var compared int64
+	mismatches := 0
 	for i, o := range objs {
-		if ok, why := results[i].complete(http.StatusOK, seeded[o.Key].Body); !ok {
+		r := results[i]
+		if r.err == nil && r.readErr == nil && r.status == http.StatusOK {
+			compared += r.n
+			if r.sum != seeded[o.Key].SHA256 {
+				mismatches++
+			}
+		}
+		if ok, why := r.complete(http.StatusOK, seeded[o.Key].Body); !ok {
 			t.Errorf("%s: %s", o.Key, why)
 		}
 	}
+	recordBytes(t, loadArea, "concurrent fills over max_size", compared, mismatches)
 	if total := entryBytes(t, dir); total > maxSize {
 		t.Errorf("entry files hold %d bytes, over max_size %d", total, maxSize)
 	}

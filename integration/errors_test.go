@@ -1,12 +1,8 @@
 package integration
 
 import (
-	"context"
-	"errors"
-	"io"
 	"net/http"
 	"testing"
-	"time"
 
 	"github.com/s3mediacache/caddy-s3-media-cache/integration/s3test"
 )
@@ -69,7 +65,9 @@ func TestBadCredentialsAreCleanErrors(t *testing.T) {
 
 // The S3 status mapping, with S3 answers injected by the proxy. Each error
 // body names the bucket and carries x-amz-* headers and a cookie, so a
-// careless pass-through shows up.
+// careless pass-through shows up. TestS3FaultMatrix (reliability_s3_test.go)
+// has the faults that are not an S3 answer: down, hung, unreachable, cut,
+// stalled and wrong-length bodies, each with and without a cache.
 func TestS3ErrorStatusMapping(t *testing.T) {
 	load(t, siteConfig(blockFor()))
 	cases := []struct {
@@ -99,140 +97,7 @@ func TestS3ErrorStatusMapping(t *testing.T) {
 				t.Error("S3 was never asked")
 			}
 			t.Logf("S3 requests for one client request: %d", env.proxy.Count())
+			recordFault(t, s3FaultsArea, "status mapping: "+c.name, !t.Failed(), "see the test's errors")
 		})
-	}
-}
-
-func TestS3DownIs502AndRecovers(t *testing.T) {
-	// Straight at versitygw, so the handler itself meets the refused
-	// connection.
-	load(t, siteConfig(blockAt(env.gateway.Endpoint())))
-	obj := env.objects.Get(s3test.KeyOriginalPNG)
-	wantBody(t, get(t, urlPath(obj.Key)), http.StatusOK, obj.Body)
-
-	if err := env.gateway.Stop(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := env.gateway.Start(context.Background()); err != nil {
-			t.Errorf("restarting versitygw: %v", err)
-		}
-	})
-	for _, method := range []string{http.MethodGet, http.MethodHead} {
-		start := time.Now()
-		r := do(t, method, urlPath(obj.Key))
-		wantEmptyError(t, r, http.StatusBadGateway)
-		if elapsed := time.Since(start); elapsed > 10*time.Second {
-			t.Errorf("%s took %s to report a refused connection", method, elapsed)
-		}
-	}
-
-	// Through the proxy too: it answers 502 itself when S3 is down.
-	load(t, siteConfig(blockFor()))
-	wantEmptyError(t, do(t, http.MethodGet, urlPath(obj.Key)), http.StatusBadGateway)
-
-	if err := env.gateway.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	wantBody(t, get(t, urlPath(obj.Key)), http.StatusOK, obj.Body)
-}
-
-func TestHungS3IsA504AfterFirstByteTimeout(t *testing.T) {
-	load(t, siteConfig(blockFor("first_byte_timeout 1s")))
-	env.proxy.SetFault(s3test.Fault{Delay: 30 * time.Second})
-	for _, method := range []string{http.MethodGet, http.MethodHead} {
-		t.Run(method, func(t *testing.T) {
-			start := time.Now()
-			r := do(t, method, urlPath(s3test.KeyOriginalPNG))
-			elapsed := time.Since(start)
-			wantEmptyError(t, r, http.StatusGatewayTimeout)
-			if elapsed < 900*time.Millisecond || elapsed > 5*time.Second {
-				t.Errorf("answered after %s, want about 1s", elapsed)
-			}
-		})
-	}
-}
-
-func TestUnreachableS3IsA504AfterConnectTimeout(t *testing.T) {
-	hole, err := s3test.NewBlackhole()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer hole.Close()
-	load(t, siteConfig(blockAt(hole.Endpoint(), "connect_timeout 1s")))
-	start := time.Now()
-	r := do(t, http.MethodGet, urlPath(s3test.KeyOriginalPNG))
-	elapsed := time.Since(start)
-	wantEmptyError(t, r, http.StatusGatewayTimeout)
-	if elapsed < 900*time.Millisecond || elapsed > 5*time.Second {
-		t.Errorf("answered after %s, want about 1s", elapsed)
-	}
-}
-
-// A body that breaks mid-way must reach the client as a broken response,
-// never as a complete-looking 200 with the wrong bytes.
-func TestBodyCutMidwayAbortsTheClient(t *testing.T) {
-	load(t, siteConfig(blockFor()))
-	for _, c := range []struct {
-		key      string
-		cutAfter int64
-	}{
-		{s3test.KeyOneMB, 256 << 10},
-		{s3test.KeyThirtyMB, 3 << 20},
-		{s3test.KeyCachedMP4, 1},
-	} {
-		t.Run(c.key, func(t *testing.T) {
-			env.proxy.SetFault(s3test.Fault{CutAfter: c.cutAfter})
-			wantBrokenResponse(t, env.objects.Get(c.key))
-		})
-	}
-}
-
-func TestBodyStallPastReadTimeoutAbortsTheClient(t *testing.T) {
-	load(t, siteConfig(blockFor("read_timeout 1s")))
-	obj := env.objects.Get(s3test.KeyOneMB)
-
-	env.proxy.SetFault(s3test.Fault{StallAfter: 256 << 10, Stall: 4 * time.Second})
-	start := time.Now()
-	wantBrokenResponse(t, obj)
-	if elapsed := time.Since(start); elapsed > 3500*time.Millisecond {
-		t.Errorf("client held for %s, want the handler to give up after about 1s", elapsed)
-	}
-
-	// A pause shorter than read_timeout is fine.
-	env.proxy.SetFault(s3test.Fault{StallAfter: 256 << 10, Stall: 300 * time.Millisecond})
-	wantBody(t, get(t, urlPath(obj.Key)), http.StatusOK, obj.Body)
-}
-
-// wantBrokenResponse requests obj and fails if the client sees it end
-// cleanly: either no 200 at all, or a 200 whose body read errors.
-func wantBrokenResponse(t *testing.T, obj s3test.Seeded) {
-	t.Helper()
-	req, err := http.NewRequest(http.MethodGet, env.baseURL()+urlPath(obj.Key), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	before := env.proxy.Count()
-	resp, err := send(t, func() (*http.Response, error) { return client().Do(req) })
-	if err != nil {
-		// Aborted before the headers: the client knows it failed. But
-		// only after S3 was asked, or the fault was never exercised.
-		if env.proxy.Count() == before {
-			t.Errorf("request failed before reaching S3: %v", err)
-		}
-		return
-	}
-	defer resp.Body.Close()
-	n, readErr := io.Copy(io.Discard, resp.Body)
-	switch {
-	case resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusPartialContent:
-		// An error status is honest too, as long as it is one.
-		if resp.StatusCode < 500 {
-			t.Errorf("status = %d, want a 5xx or an aborted body", resp.StatusCode)
-		}
-	case readErr == nil:
-		t.Errorf("200 ended cleanly after %d of %d bytes (Content-Length %d): a short read disguised as success", n, obj.Size, resp.ContentLength)
-	case !errors.Is(readErr, io.ErrUnexpectedEOF):
-		t.Logf("body aborted after %d bytes with %v", n, readErr)
 	}
 }

@@ -76,11 +76,19 @@ func TestLargeObjectStreamsByteExact(t *testing.T) {
 func TestQueryStringIsNotPartOfTheKey(t *testing.T) {
 	load(t, siteConfig(blockFor()))
 	obj := env.objects.Get(s3test.KeyOriginalPNG)
-	for _, query := range []string{"?foo=bar", "?versionId=123&x-id=ListObjects", "?", "?acl", "?list-type=2"} {
+	for _, query := range []string{
+		"?foo=bar", "?versionId=123&x-id=ListObjects", "?", "?acl", "?list-type=2",
+		"?response-content-type=text/html", "?partNumber=1", "?uploads", "?tagging", "?torrent",
+		"?X-Amz-Credential=AKIAEVIL%2F20260101%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Signature=00",
+	} {
 		t.Run(query, func(t *testing.T) {
+			defer recordAbuse(t, "query strings never reach S3", query)
 			env.proxy.Reset()
 			r := get(t, urlPath(obj.Key)+query)
 			wantBody(t, r, http.StatusOK, obj.Body)
+			if got := r.header.Get("Content-Type"); got != obj.ContentType {
+				t.Errorf("Content-Type = %q, want the object's %q", got, obj.ContentType)
+			}
 			reqs := env.proxy.Requests()
 			if len(reqs) != 1 {
 				t.Fatalf("S3 requests = %v, want one", env.proxy.Counts())
@@ -90,7 +98,7 @@ func TestQueryStringIsNotPartOfTheKey(t *testing.T) {
 			}
 			// The SDK adds its own x-id=GetObject; nothing from the
 			// client's query may reach S3.
-			for _, leaked := range []string{"foo", "versionId", "ListObjects", "acl", "list-type"} {
+			for _, leaked := range []string{"foo", "versionId", "ListObjects", "acl", "list-type", "response-", "partNumber", "uploads", "tagging", "torrent", "AKIAEVIL"} {
 				if containsFold(reqs[0].RawQuery, leaked) {
 					t.Errorf("S3 query %q carries the client's %q", reqs[0].RawQuery, leaked)
 				}

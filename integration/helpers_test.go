@@ -30,6 +30,8 @@ func siteConfig(block string) string {
 // caddyfileFor is a Caddyfile serving site on the given ports, on
 // 127.0.0.1 only. grace_period keeps a reload from waiting on a
 // connection a fault left hanging.
+// Caddy logs at debug level to the suite's log file, which the end of the
+// run scans for secrets (see suiteLogOption).
 func caddyfileFor(ports caddyPorts, site string) string {
 	return fmt.Sprintf(`{
 	admin localhost:%d
@@ -39,12 +41,12 @@ func caddyfileFor(ports caddyPorts, site string) string {
 	auto_https off
 	persist_config off
 	grace_period 1s
-}
+%s}
 
 :%d {
 	%s
 }
-`, ports.admin, ports.http, ports.https, ports.http, site)
+`, ports.admin, ports.http, ports.https, suiteLogOption(), ports.http, site)
 }
 
 func indent(block string) string {
@@ -75,10 +77,19 @@ func blockAt(endpoint string, extra ...string) string {
 
 // load makes Caddy run the Caddyfile, failing the test now if it does not
 // load, and forgets what the proxy saw so far.
+//
+// When the test ends, the responses its clients received are recorded in
+// the ledger's secret scans and the metrics page of its config is
+// scanned too (each config load starts new metrics, so the end of the
+// run alone would see only the last test's).
 func load(t *testing.T, caddyfile string) {
 	t.Helper()
+	t.Cleanup(func() {
+		recordResponseScans(t)
+		scrapeMetrics(t)
+	})
 	tester := caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{AdminPort: env.ports.admin})
-	tester.InitServer(caddyfile, "caddyfile")
+	tester.InitServer(withSuiteLog(caddyfile), "caddyfile")
 	if t.Failed() {
 		t.Fatalf("Caddyfile did not load:\n%s", caddyfile)
 	}
@@ -98,10 +109,11 @@ type response struct {
 
 // client talks to Caddy directly: no compression negotiation (headers
 // must be exactly what the server sent), no redirects, and a timeout long
-// enough for 30 MB on a slow CI machine.
+// enough for 30 MB on a slow CI machine. Every response it receives is
+// scanned for secrets.
 func client() *http.Client {
 	return &http.Client{
-		Transport: &http.Transport{DisableCompression: true, DisableKeepAlives: true, Proxy: nil},
+		Transport: scanningTransport{&http.Transport{DisableCompression: true, DisableKeepAlives: true, Proxy: nil}},
 		Timeout:   60 * time.Second,
 		CheckRedirect: func(*http.Request, []*http.Request) error {
 			return http.ErrUseLastResponse
@@ -173,6 +185,16 @@ func get(t *testing.T, path string, headers ...string) response {
 // library's URL checks, so malformed targets reach the server as sent.
 func rawRequest(t *testing.T, method, target string) response {
 	t.Helper()
+	return rawExchange(t, fmt.Sprintf("%s %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", method, target, env.caddyAddr()))
+}
+
+// rawExchange writes request, a whole HTTP/1.1 request as bytes on the
+// wire, on a new connection and reads the one response. The request
+// should end the connection (Connection: close) or be one the server
+// refuses. The response is scanned for secrets like any other.
+func rawExchange(t *testing.T, request string) response {
+	t.Helper()
+	method, _, _ := strings.Cut(request, " ")
 	var conn net.Conn
 	defer func() {
 		if conn != nil {
@@ -188,14 +210,23 @@ func rawRequest(t *testing.T, method, target string) response {
 			return nil, err
 		}
 		_ = conn.SetDeadline(time.Now().Add(15 * time.Second))
-		fmt.Fprintf(conn, "%s %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", method, target, env.caddyAddr())
+		// Written in the background: a server may answer (and close)
+		// before it has read a large request, as it should for one it
+		// refuses.
+		go func(c net.Conn) { _, _ = io.WriteString(c, request) }(conn)
 		return http.ReadResponse(bufio.NewReader(conn), &http.Request{Method: method})
 	})
 	if err != nil {
-		t.Fatalf("%s %q: reading response: %v", method, target, err)
+		t.Fatalf("%q: reading response: %v", trimForMessage(request), err)
 	}
 	body, readErr := io.ReadAll(resp.Body)
+	scanResponse(scanResponses, "raw "+trimForMessage(firstLine(request)), resp.StatusCode, resp.Header, body[:min(len(body), scanBodyBytes)])
 	return response{status: resp.StatusCode, header: resp.Header, body: body, readErr: readErr, length: resp.ContentLength}
+}
+
+func firstLine(s string) string {
+	line, _, _ := strings.Cut(s, "\r\n")
+	return line
 }
 
 // urlPath is the request path for an object key, escaped the way a

@@ -181,7 +181,8 @@ func bytesCount(n int64) string {
 	return fmt.Sprintf("%d B", n)
 }
 
-// report prints the table to stdout and writes the JSON report if asked.
+// report prints the table to stdout and, when S3MC_RELIABILITY_REPORT
+// names a .json file, writes the rows there and the table beside it (.txt).
 func (l *ledger) report() error {
 	rows := l.sorted()
 	if len(rows) == 0 {
@@ -197,7 +198,15 @@ func (l *ledger) report() error {
 	if err != nil {
 		return err
 	}
-	return os.WriteFile(path, append(data, '\n'), 0o644)
+	if err := os.WriteFile(path, append(data, '\n'), 0o644); err != nil {
+		return err
+	}
+	// The table as printed, beside the JSON: go test shows a passing
+	// package's output only when run from its directory, and
+	// scripts/test, which runs ./..., prints this file instead.
+	var table strings.Builder
+	l.print(&table)
+	return os.WriteFile(strings.TrimSuffix(path, ".json")+".txt", []byte(table.String()), 0o644)
 }
 
 // fullRun reports whether this is the full reliability run

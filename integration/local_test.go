@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"syscall"
 	"testing"
 	"time"
 
@@ -19,7 +20,9 @@ type localTree struct {
 	root string
 	// shadow is the local copy of s3test.KeyOriginalPNG, with other bytes.
 	shadow []byte
-	// outsideSecret is what the escaping symlink points at.
+	// outside is a directory next to root, and outsideSecret the content
+	// of its secret.txt, which the escaping symlinks point at.
+	outside       string
 	outsideSecret []byte
 }
 
@@ -27,7 +30,7 @@ func newLocalTree(t *testing.T) localTree {
 	t.Helper()
 	root := t.TempDir()
 	outside := t.TempDir()
-	lt := localTree{root: root, shadow: s3test.PNG(30, 30, 200), outsideSecret: []byte("outside the root\n")}
+	lt := localTree{root: root, outside: outside, shadow: s3test.PNG(30, 30, 200), outsideSecret: []byte("outside the root\n")}
 
 	write := func(rel string, body []byte) {
 		t.Helper()
@@ -54,6 +57,15 @@ func newLocalTree(t *testing.T) localTree {
 	must(t, os.Symlink(outside, filepath.Join(root, "static", "escapedir")))
 	must(t, os.Symlink("../../../../../../../../.."+secret, filepath.Join(root, "static", "relative-escape.txt")))
 	must(t, os.Symlink("inside.png", filepath.Join(root, "static", "link-inside.png")))
+	// A chain that starts inside the root and ends outside it, a link
+	// to the filesystem's root, one to a system file, and a loop.
+	must(t, os.Symlink("escape.txt", filepath.Join(root, "static", "chain.txt")))
+	must(t, os.Symlink("/", filepath.Join(root, "static", "slash")))
+	must(t, os.Symlink("/etc/passwd", filepath.Join(root, "static", "passwd")))
+	must(t, os.Symlink("loop-b", filepath.Join(root, "static", "loop-a")))
+	must(t, os.Symlink("loop-a", filepath.Join(root, "static", "loop-b")))
+	// A FIFO: opening it for reading would block until a writer came.
+	must(t, syscall.Mkfifo(filepath.Join(root, "static", "fifo"), 0o644))
 	return lt
 }
 
@@ -166,12 +178,16 @@ func TestLocalFallthroughToS3(t *testing.T) {
 		}
 		wantS3Requests(t, 0)
 	})
-	for _, target := range []string{"/static/escape.txt", "/static/relative-escape.txt", "/static/escapedir/secret.txt"} {
+	for _, target := range []string{
+		"/static/escape.txt", "/static/relative-escape.txt", "/static/escapedir/secret.txt", "/static/chain.txt",
+		"/static/slash/etc/passwd", "/static/passwd", "/static/loop-a", "/static/fifo",
+	} {
 		t.Run("a symlink leading outside root is not followed: "+target, func(t *testing.T) {
+			defer recordAbuse(t, "symlinks and special files under root", target)
 			env.proxy.Reset()
 			r := do(t, http.MethodGet, target)
 			wantEmptyError(t, r, http.StatusNotFound)
-			if containsFold(string(r.body), string(lt.outsideSecret)) {
+			if containsFold(string(r.body), string(lt.outsideSecret)) || containsFold(string(r.body), "root:") {
 				t.Error("served a file from outside the root")
 			}
 			// It went to S3, which does not have it.

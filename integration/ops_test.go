@@ -32,17 +32,28 @@ func adminDo(t *testing.T, method, path, body string) (int, string) {
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	must(t, err)
+	scanResponse(scanAdmin, method+" "+path, resp.StatusCode, resp.Header, b)
 	return resp.StatusCode, string(b)
+}
+
+// loadCacheBuster loads a cached site that takes Mastodon's cache buster
+// (header Cache-Buster-Secret, secret purgeSecret, given the way an
+// operator would: from the environment) and caches obj. It returns the
+// cache directory.
+func loadCacheBuster(t *testing.T, obj s3test.Seeded) string {
+	t.Helper()
+	t.Setenv("S3MC_TEST_PURGE_SECRET", purgeSecret)
+	dir := t.TempDir()
+	loadCache(t, dir, "purge_header Cache-Buster-Secret {env.S3MC_TEST_PURGE_SECRET}")
+	fillEntry(t, dir, obj)
+	return dir
 }
 
 // The request Mastodon's CacheBusterWorker sends: the media URL, its
 // method (GET by default), the secret header.
 func TestCacheBusterPurgesTheEntry(t *testing.T) {
-	t.Setenv("S3MC_TEST_PURGE_SECRET", purgeSecret)
-	dir := t.TempDir()
-	loadCache(t, dir, "purge_header Cache-Buster-Secret {env.S3MC_TEST_PURGE_SECRET}")
 	obj := env.objects.Get(s3test.KeyOriginalPNG)
-	fillEntry(t, dir, obj)
+	dir := loadCacheBuster(t, obj)
 
 	wrong := do(t, http.MethodGet, urlPath(obj.Key), "Cache-Buster-Secret: not-the-secret")
 	wantFromCache(t, wrong, obj, "HIT")

@@ -1,39 +1,69 @@
 package integration
 
 import (
+	"bytes"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/s3mediacache/caddy-s3-media-cache/integration/s3test"
 )
 
-// Request targets that must never become an S3 key. They are sent byte
-// for byte, so no client library gets to clean them first.
+// Request targets that must never become an S3 key or a file name. They
+// are sent byte for byte, so no client library gets to clean them first,
+// to a site whose root has a secret file next to it: a traversal that
+// worked would serve it.
 func TestMalformedPathsAre400WithoutTouchingS3(t *testing.T) {
-	load(t, siteConfig(blockFor()))
+	lt := newLocalTree(t)
+	load(t, siteConfig(blockFor("root "+lt.root)))
 	targets := []string{
+		// Dot segments, plain and percent-encoded in every case mix.
 		"/../etc/passwd",
 		"/media_attachments/../accounts/avatars/x.png",
 		"/%2e%2e/x",
 		"/%2E%2E/x",
+		"/%2e%2E/x",
+		"/.%2e/x",
+		"/%2e./x",
 		"/media_attachments/%2e%2e/%2e%2e/etc/passwd",
+		"/media_attachments/..",
+		"/media_attachments/%2e%2e",
 		"/./x.png",
 		"/media_attachments/./x.png",
 		"/%2e/x.png",
+		"/../" + filepath.Base(lt.outside) + "/secret.txt",
+		"/static/../../" + filepath.Base(lt.outside) + "/secret.txt",
+		"/%2e%2e/" + filepath.Base(lt.outside) + "/secret.txt",
+		// Encoded separators: after decoding they would be real ones.
 		"/a%2Fb",
 		"/a%2fb",
 		"/media_attachments%2F..%2F..%2Fetc%2Fpasswd",
+		"/..%2f..%2fetc%2fpasswd",
+		"/%2e%2e%2f%2e%2e%2fetc%2fpasswd",
 		"/a%5Cb",
 		"/a%5cb",
+		"/..%5c..%5cetc%5cpasswd",
+		"/%2e%2e%5c%2e%2e%5cwin.ini",
+		// Backslashes as sent, which Windows-minded servers treat as /.
 		`/a\b`,
 		`/media_attachments\..\x.png`,
+		`/..\..\etc\passwd`,
+		`/static\escape.txt`,
+		// NUL, which ends a C string early.
 		"/a%00b",
 		"/a%00",
+		"/x.png%00.txt",
+		"/static/escape.txt%00",
+		// Empty segments.
 		"//x",
 		"//" + s3test.KeyOriginalPNG,
 		"/media_attachments//files/x.png",
+		"/static//escape.txt",
+		// Control characters and invalid UTF-8, including the overlong
+		// encodings of '.', '/' and '\' that decoders once accepted.
 		"/a%01b",
 		"/a%0Ab",
 		"/a%0D%0ASet-Cookie:%20x=y",
@@ -42,13 +72,77 @@ func TestMalformedPathsAre400WithoutTouchingS3(t *testing.T) {
 		"/a%09b",
 		"/a%FFb",
 		"/a%C3%28b",
+		"/%c0%ae%c0%ae/etc/passwd",
+		"/%c0%ae%c0%ae%c0%afetc%c0%afpasswd",
+		"/%e0%80%ae%e0%80%ae/etc/passwd",
+		"/%f0%80%80%ae%f0%80%80%ae/x",
+		"/..%c0%af..%c0%afetc%c0%afpasswd",
+		"/..%c1%9c..%c1%9cwin.ini",
+		"/%c0%2e%c0%2e/x",
+		"/%ed%a0%80.png",
+		// Not a path at all.
+		"*",
+		"x.png",
+		// Bad percent-escapes: refused by Go's server before the handler.
+		"/%u002e%u002e/etc/passwd",
+		"/%%32%65%%32%65/x",
+		"/a%",
+		"/a%zzb",
 	}
 	for _, target := range targets {
 		t.Run(target, func(t *testing.T) {
+			defer recordAbuse(t, "path traversal and encoding", target)
 			env.proxy.Reset()
 			r := rawRequest(t, http.MethodGet, target)
-			wantEmptyError(t, r, http.StatusBadRequest)
+			wantRefused(t, r, http.StatusBadRequest)
+			if bytes.Contains(r.body, lt.outsideSecret) {
+				t.Error("served the file outside the root")
+			}
 			wantS3Requests(t, 0)
+		})
+	}
+}
+
+// Paths that look like an attack but decode to ordinary (if odd) names:
+// double-encoded dots, look-alike dots, ";" parameters. They are keys like
+// any other: asked of S3 once, verbatim, and a 404 when missing, never
+// resolved against the root or the bucket's other keys.
+func TestLookalikeTraversalsAreLiteralKeys(t *testing.T) {
+	lt := newLocalTree(t)
+	load(t, siteConfig(blockFor("root "+lt.root)))
+	cases := []struct{ target, key string }{
+		{"/%252e%252e/%252e%252e/etc/passwd", "%2e%2e/%2e%2e/etc/passwd"},
+		{"/%252e%252e%252fetc%252fpasswd", "%2e%2e%2fetc%2fpasswd"},
+		{"/..%252fstatic%252fescape.txt", "..%2fstatic%2fescape.txt"},
+		{"/%ef%bc%8e%ef%bc%8e/etc/passwd", "．．/etc/passwd"},
+		{"/%e2%80%a5/etc/passwd", "‥/etc/passwd"},
+		{"/.../etc/passwd", ".../etc/passwd"},
+		{"/..;/etc/passwd", "..;/etc/passwd"},
+		{"/static/escape.txt;.png", "static/escape.txt;.png"},
+		{"/.htaccess", ".htaccess"},
+		{"/media_attachments/..png", "media_attachments/..png"},
+		{"/" + strings.Repeat("a/", 600) + "x.png", strings.Repeat("a/", 600) + "x.png"},
+	}
+	for _, c := range cases {
+		t.Run(c.target, func(t *testing.T) {
+			defer recordAbuse(t, "path traversal and encoding", c.target)
+			env.proxy.Reset()
+			r := rawRequest(t, http.MethodGet, c.target)
+			if r.status != http.StatusNotFound && r.status != http.StatusBadRequest {
+				t.Errorf("status = %d, want 404 (or 400)", r.status)
+			}
+			wantRefused(t, r, r.status)
+			if bytes.Contains(r.body, lt.outsideSecret) {
+				t.Error("served the file outside the root")
+			}
+			if r.status == http.StatusBadRequest {
+				wantS3Requests(t, 0)
+				return
+			}
+			reqs := env.proxy.Requests()
+			if len(reqs) != 1 || reqs[0].Path != s3Path(privateBucket, c.key) {
+				t.Errorf("S3 requests = %v, want one of key %q", env.proxy.Counts(), c.key)
+			}
 		})
 	}
 }
@@ -57,20 +151,28 @@ func TestMalformedPathsAre400WithoutTouchingS3(t *testing.T) {
 // HTTP server refuses them. What matters is that S3 is not asked.
 func TestRawControlBytesNeverReachS3(t *testing.T) {
 	load(t, siteConfig(blockFor()))
-	for _, target := range []string{"/a\x01b", "/a\x7fb", "/a\x00b"} {
-		env.proxy.Reset()
-		r := rawRequest(t, http.MethodGet, target)
-		if r.status != http.StatusBadRequest {
-			t.Errorf("%q: status = %d, want 400", target, r.status)
-		}
-		wantS3Requests(t, 0)
+	for _, target := range []string{"/a\x01b", "/a\x7fb", "/a\x00b", "/a\x1bb", "/a\xffb"} {
+		t.Run(fmt.Sprintf("%q", target), func(t *testing.T) {
+			defer recordAbuse(t, "path traversal and encoding", fmt.Sprintf("%q", target))
+			env.proxy.Reset()
+			r := rawRequest(t, http.MethodGet, target)
+			wantRefused(t, r, http.StatusBadRequest)
+			wantS3Requests(t, 0)
+		})
 	}
 }
 
+// Nothing ever lists the bucket: not a directory path, not S3's own
+// listing parameters, whatever the method.
 func TestDirectoryPathsAre404WithoutListing(t *testing.T) {
 	load(t, siteConfig(blockFor()))
-	for _, target := range []string{"/", "/media_attachments/", "/media_attachments/files/109/876/543/210/original/", "/?list-type=2", "/?prefix=media"} {
+	for _, target := range []string{
+		"/", "/media_attachments/", "/media_attachments/files/109/876/543/210/original/",
+		"/?list-type=2", "/?prefix=media", "/?delimiter=/", "/?versions", "/?uploads", "/?acl", "/?policy",
+		"/media_attachments/?list-type=2&prefix=", "//", "///",
+	} {
 		t.Run(target, func(t *testing.T) {
+			defer recordAbuse(t, "no listing", target)
 			env.proxy.Reset()
 			for _, method := range []string{http.MethodGet, http.MethodHead} {
 				r := rawRequest(t, method, target)

@@ -41,6 +41,12 @@ func (h *Handler) cacheKey(key string) string {
 	return h.originCfg.bucket + "/" + key
 }
 
+// objectKeyOf is the object key of a cache key, for logs, which name the
+// object and never the bucket.
+func (h *Handler) objectKeyOf(ckey string) string {
+	return strings.TrimPrefix(ckey, h.originCfg.bucket+"/")
+}
+
 // serveCached answers a request through the disk cache: a fresh entry is
 // served from disk; otherwise the request joins or starts the one fill of
 // the key, and is streamed from it.

@@ -135,6 +135,13 @@ type Handler struct {
 	// removes the bound. Default: 64.
 	MaxConcurrentFills int `json:"max_concurrent_fills,omitempty"`
 
+	// Do not check whole-object bodies against their ETag. By default a
+	// body whose ETag is its MD5 (one-part uploads without KMS or
+	// customer-key encryption) is checked as it streams, and one that
+	// does not match is neither stored nor completed to the client. Turn
+	// it off only for a store whose plain 32-hex-digit ETags are not MD5s.
+	DisableETagCheck bool `json:"disable_etag_check,omitempty"`
+
 	// How long a request that needs S3 waits for a free slot when
 	// max_concurrent_fills are in flight, before it gets a stale copy
 	// (use_stale timeout) or a 503 with Retry-After. Default: 5s.
@@ -316,6 +323,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("s3_media_cache: registering metrics: %w", err)
 	}
 	h.metrics = m
+	if !h.DisableETagCheck {
+		h.origin = etagCheckingOrigin{origin: h.origin}
+	}
 	h.origin = instrumentedOrigin{origin: h.origin, m: m}
 	if h.MaxConcurrentFills >= 0 {
 		limit := h.MaxConcurrentFills
@@ -518,6 +528,16 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
 		repl.Set("http.s3_media_cache.status", status)
 	}
+	if err != nil && h.purgeHeader != "" && len(r.Header.Values(h.purgeHeader)) > 0 {
+		// Caddy logs a handler's error together with the request's
+		// headers, and so would log the purge secret. A request that
+		// carries it gets its error status written here instead.
+		var he caddyhttp.HandlerError
+		if errors.As(err, &he) {
+			w.WriteHeader(he.StatusCode)
+			err = nil
+		}
+	}
 	return err
 }
 
@@ -636,6 +656,15 @@ func (h *Handler) serveFromOrigin(w http.ResponseWriter, r *http.Request, key, c
 func (h *Handler) respondOrigin(w http.ResponseWriter, r *http.Request, key, cacheStatus string, resp *originResponse) error {
 	hdr := w.Header()
 	h.policy.copyUpstream(hdr, resp.header)
+	if resp.status == http.StatusOK || resp.status == http.StatusPartialContent {
+		// Validators S3 was not sent (a list too long to forward, see
+		// forwardableValidators) are evaluated here; for those it was
+		// sent, S3 already did and this finds nothing to add.
+		if status := preconditionStatus(r, resp.header.Get("Etag"), resp.header.Get("Last-Modified")); status != 0 {
+			h.writeBodiless(w, status, cacheStatus, time.Now())
+			return nil
+		}
+	}
 	h.policy.decorate(hdr, resp.status, cacheStatus, time.Now())
 	w.WriteHeader(resp.status)
 	if resp.body == nil || r.Method == http.MethodHead {
@@ -653,9 +682,9 @@ func clientOriginRequest(r *http.Request, key string) originRequest {
 	req := originRequest{
 		key:         key,
 		head:        r.Method == http.MethodHead,
-		rangeSpec:   r.Header.Get("Range"),
-		ifNoneMatch: r.Header.Get("If-None-Match"),
-		ifMatch:     r.Header.Get("If-Match"),
+		rangeSpec:   forwardableRange(r.Header.Get("Range")),
+		ifNoneMatch: forwardableValidators(r.Header.Get("If-None-Match")),
+		ifMatch:     forwardableValidators(r.Header.Get("If-Match")),
 	}
 	if r.Header.Get("If-Range") != "" {
 		req.rangeSpec = ""
@@ -669,6 +698,38 @@ func clientOriginRequest(r *http.Request, key string) originRequest {
 		req.ifUnmodifiedSince = parseHTTPDate(r.Header.Get("If-Unmodified-Since"))
 	}
 	return req
+}
+
+// maxForwardedValidators bounds an If-None-Match or If-Match list sent
+// to S3. A browser sends one ETag; a list long enough to push S3's request
+// headers over its limit would turn the client's request into S3's 400,
+// which the client would see as a 502.
+const maxForwardedValidators = 1024
+
+// forwardableRange is the client's Range if it is one well-formed byte
+// range, which S3 answers; anything else (several ranges, which S3 ignores
+// anyway, other units, garbage) is dropped, and the whole object is sent,
+// as RFC 9110 allows a server to do with a Range it does not honour.
+func forwardableRange(v string) string {
+	spec, ok := strings.CutPrefix(v, "bytes=")
+	if !ok {
+		return ""
+	}
+	first, last, ok := strings.Cut(spec, "-")
+	if !ok || (first == "" && last == "") || len(first) > 19 || len(last) > 19 ||
+		strings.Trim(first, "0123456789") != "" || strings.Trim(last, "0123456789") != "" {
+		return ""
+	}
+	return v
+}
+
+// forwardableValidators drops an ETag list too long to forward; S3 then
+// sends the object, and respondOrigin evaluates the list itself.
+func forwardableValidators(v string) string {
+	if len(v) > maxForwardedValidators {
+		return ""
+	}
+	return v
 }
 
 func parseHTTPDate(v string) time.Time {
@@ -703,6 +764,8 @@ func bodyFailureReason(err error) string {
 	switch {
 	case errors.Is(err, errCorruptEntry):
 		return "cache entry failed its checksum; entry removed"
+	case errors.Is(err, errETagMismatch):
+		return "S3's body does not match its ETag (MD5); not stored (etag_check off if this store's ETags are not MD5s)"
 	case isTimeout(err), errors.Is(err, context.Canceled):
 		return "stalled past read_timeout, or canceled"
 	case errors.Is(err, io.ErrUnexpectedEOF):

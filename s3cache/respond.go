@@ -283,7 +283,7 @@ func (h *Handler) respondStored(w http.ResponseWriter, r *http.Request, m *entry
 	h.policy.decorate(hdr, status, cacheStatus, now)
 	w.WriteHeader(status)
 	if body != nil {
-		h.copyOrAbort(w, body, m.Key, cacheStatus)
+		h.copyOrAbort(w, body, h.objectKeyOf(m.Key), cacheStatus)
 	}
 	return nil
 }
@@ -337,9 +337,9 @@ func (h *Handler) writeMultipart(w http.ResponseWriter, m *entryMeta, cacheStatu
 		}
 		body, err := src.section(br.start, br.length)
 		if err != nil {
-			h.abort(m.Key, err)
+			h.abort(h.objectKeyOf(m.Key), err)
 		}
-		h.copyOrAbort(w, body, m.Key, cacheStatus)
+		h.copyOrAbort(w, body, h.objectKeyOf(m.Key), cacheStatus)
 	}
 	_, _ = io.WriteString(w, tail)
 }

@@ -230,9 +230,13 @@ func newStore(dir string, levels []int, limits storeLimits, logger *zap.Logger) 
 		return nil, fmt.Errorf("creating cache_dir %s: %w (check that Caddy's user may write there)", dir, err)
 	}
 	// Temp files are fills that were in flight when the process died:
-	// none of them is complete, by construction.
+	// none of them is complete, by construction. Failing to remove them
+	// (a cache_dir mounted read-only) is not a reason to refuse the
+	// config: they are never read, and with nothing writable the cache
+	// serves what it has and passes the rest through from S3.
 	if err := clearDir(tmpDir); err != nil {
-		return nil, fmt.Errorf("cleaning %s: %w", tmpDir, err)
+		logger.Warn("cannot remove the temp files of an earlier run; the cache may be read-only",
+			zap.String("temp", tmpDir), zap.Error(err))
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &store{

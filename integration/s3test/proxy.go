@@ -51,9 +51,26 @@ type Fault struct {
 	// the proxy closes, and is capped at two minutes. Use it to simulate a
 	// hung S3.
 	Delay time.Duration
-	// CutAfter, when positive, forwards S3's response but aborts the
+	// CutAfter, when positive, forwards S3's response but closes the
 	// connection after this many body bytes, as a crashed S3 node would.
+	// With Reset, the connection is reset instead.
 	CutAfter int64
+	// Reset ends the connection with a TCP reset (RST) rather than a
+	// close: at once, before any response, when CutAfter is zero; after
+	// CutAfter body bytes otherwise. That is what a client sees of a host
+	// that crashed or a middlebox that dropped the connection. Other
+	// body faults (stall, rate) do not apply to a reset response.
+	Reset bool
+	// LengthDelta, when non-zero, sends S3's status, headers and whole
+	// body, but a Content-Length off by this many bytes, and then closes
+	// the connection. Positive, the body ends before the length declared,
+	// so the client sees the connection close early. Negative, the
+	// declared length ends before the body does: a client that trusts it
+	// reads a shortened body that looks complete, and the rest arrives as
+	// garbage on a connection that then closes. Only 2xx answers with a
+	// body are changed (not HEAD, 304 or errors). Other body faults do
+	// not apply.
+	LengthDelta int64
 	// StallAfter and Stall pause the body for Stall after StallAfter bytes,
 	// then continue: an S3 that goes quiet mid-body.
 	StallAfter int64
@@ -74,6 +91,10 @@ type Proxy struct {
 	server  *http.Server
 	url     string
 	reverse *httputil.ReverseProxy
+	// target and transport are what the reverse proxy forwards to and
+	// with; serveRaw uses them too.
+	target    *url.URL
+	transport *http.Transport
 	// closing is closed by Close so hung faults end at once.
 	closing   chan struct{}
 	closeOnce sync.Once
@@ -97,7 +118,14 @@ func NewProxy(target string) (*Proxy, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listening for the S3 proxy: %w", err)
 	}
-	p := &Proxy{url: "http://" + ln.Addr().String(), closing: make(chan struct{})}
+	p := &Proxy{url: "http://" + ln.Addr().String(), closing: make(chan struct{}), target: u}
+	p.transport = &http.Transport{
+		// No Proxy: an HTTP_PROXY in the environment must not take
+		// test traffic off loopback.
+		Proxy:              nil,
+		DisableCompression: true,
+		DialContext:        (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
+	}
 	p.reverse = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(u)
@@ -105,13 +133,7 @@ func NewProxy(target string) (*Proxy, error) {
 			// proxy); versitygw must see the same Host to verify it.
 			pr.Out.Host = pr.In.Host
 		},
-		Transport: &http.Transport{
-			// No Proxy: an HTTP_PROXY in the environment must not take
-			// test traffic off loopback.
-			Proxy:              nil,
-			DisableCompression: true,
-			DialContext:        (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
-		},
+		Transport: p.transport,
 		// Stream bytes as S3 sends them, so cut and stalled bodies reach
 		// the client at the moment they happen.
 		FlushInterval:  -1,
@@ -224,6 +246,10 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	if fault.Status != 0 {
 		p.writeS3Error(w, r, fault)
+		return
+	}
+	if fault.Reset || fault.LengthDelta != 0 {
+		p.serveRaw(rec, r, fault)
 		return
 	}
 	p.reverse.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), faultKey{}, fault)))
