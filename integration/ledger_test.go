@@ -60,17 +60,21 @@ func (l *ledger) row(area, name string) *ledgerRow {
 	return r
 }
 
+// count applies update to the row of area and name.
+func (l *ledger) count(area, name string, update func(*ledgerRow)) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	update(l.row(area, name))
+}
+
 // recordFault counts one injected fault; survived=false also fails t
 // with detail.
 func recordFault(t testing.TB, area, name string, survived bool, detail string) {
 	t.Helper()
-	tally.mu.Lock()
-	r := tally.row(area, name)
-	r.Faults++
-	if survived {
-		r.Survived++
-	}
-	tally.mu.Unlock()
+	tally.count(area, name, func(r *ledgerRow) {
+		r.Faults++
+		r.Survived += btoi(survived)
+	})
 	if !survived {
 		t.Errorf("%s / %s: not survived: %s", area, name, detail)
 	}
@@ -80,13 +84,10 @@ func recordFault(t testing.TB, area, name string, survived bool, detail string) 
 // detail.
 func recordInput(t testing.TB, area, name string, rejected bool, detail string) {
 	t.Helper()
-	tally.mu.Lock()
-	r := tally.row(area, name)
-	r.Inputs++
-	if rejected {
-		r.Rejected++
-	}
-	tally.mu.Unlock()
+	tally.count(area, name, func(r *ledgerRow) {
+		r.Inputs++
+		r.Rejected += btoi(rejected)
+	})
 	if !rejected {
 		t.Errorf("%s / %s: not rejected cleanly: %s", area, name, detail)
 	}
@@ -96,14 +97,20 @@ func recordInput(t testing.TB, area, name string, rejected bool, detail string) 
 // above zero also fail t.
 func recordBytes(t testing.TB, area, name string, n int64, mismatches int) {
 	t.Helper()
-	tally.mu.Lock()
-	r := tally.row(area, name)
-	r.Bytes += n
-	r.Mismatches += mismatches
-	tally.mu.Unlock()
+	tally.count(area, name, func(r *ledgerRow) {
+		r.Bytes += n
+		r.Mismatches += mismatches
+	})
 	if mismatches > 0 {
 		t.Errorf("%s / %s: %d byte mismatches", area, name, mismatches)
 	}
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // sorted returns the rows by area, in the order, then case.
