@@ -189,7 +189,7 @@ func TestBrowserCORSAndRange(t *testing.T) {
 	mediaSite := fmt.Sprintf("log {\n\toutput file %s\n\tformat json\n}\ns3_media_cache {\n%s\n}",
 		accessLog, indent(cacheBlock(filepath.Join(tmp, "cache"))))
 	noCORSSite := fmt.Sprintf("s3_media_cache {\n%s\n}", indent(cacheBlock(filepath.Join(tmp, "cache-nocors"), "cors_origin off")))
-	load(t, caddyfileSites(env.ports, site{port: env.ports.http, body: mediaSite}, site{port: noCORSPort, body: noCORSSite}))
+	load(t, caddyfileSites(env.ports, sitePort{port: env.ports.http, body: mediaSite}, sitePort{port: noCORSPort, body: noCORSSite}))
 	warmUp(t)
 
 	// The other origin: the page, and where it reports.

@@ -492,3 +492,16 @@ func fileSize(path string) int64 {
 	}
 	return info.Size()
 }
+
+// cacheTwoObjects loads a cache in a new directory and stores two objects
+// in it, a small PNG and a 1 MB one, for the stats and purge tests.
+func cacheTwoObjects(t *testing.T) (dir string, png, mb s3test.Seeded) {
+	t.Helper()
+	dir = t.TempDir()
+	loadCache(t, dir)
+	png = env.objects.Get(s3test.KeyOriginalPNG)
+	mb = env.objects.Get(s3test.KeyOneMB)
+	fillEntry(t, dir, png)
+	fillEntry(t, dir, mb)
+	return dir, png, mb
+}

@@ -617,12 +617,7 @@ func TestSyncRejectsBadFlagsAndGivesUpOnBadKeys(t *testing.T) {
 }
 
 func TestCLIStatsAndPurge(t *testing.T) {
-	dir := t.TempDir()
-	loadCache(t, dir)
-	png := env.objects.Get(s3test.KeyOriginalPNG)
-	mb := env.objects.Get(s3test.KeyOneMB)
-	fillEntry(t, dir, png)
-	fillEntry(t, dir, mb)
+	dir, png, mb := cacheTwoObjects(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	admin := cli.AdminFlags{Address: fmt.Sprintf("localhost:%d", env.ports.admin)}

@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"fmt"
 	"net"
 	"net/http"
 	"os"
@@ -16,33 +15,6 @@ import (
 
 // clusterDir holds the cluster example this test runs.
 const clusterDir = "../examples/cluster"
-
-// site is one site of a multi-site Caddyfile: a loopback port and the body
-// of its block.
-type site struct {
-	port int
-	body string
-}
-
-// caddyfileSites is caddyfileFor with several sites, each on its own port.
-// The first site should be on ports.http, where do and get send requests.
-func caddyfileSites(ports caddyPorts, sites ...site) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, `{
-	admin localhost:%d
-	http_port %d
-	https_port %d
-	default_bind 127.0.0.1
-	auto_https off
-	persist_config off
-	grace_period 1s
-}
-`, ports.admin, ports.http, ports.https)
-	for _, s := range sites {
-		fmt.Fprintf(&b, "\n:%d {\n%s\n}\n", s.port, s.body)
-	}
-	return b.String()
-}
 
 // freePorts returns n different loopback ports that were free a moment
 // ago.
@@ -116,9 +88,9 @@ func clusterCaddyfile(t *testing.T, nodePorts []int, nodeDirs []string) string {
 	node = replaceIn(t, "the node", node, "endpoint https://s3.fr-par.scw.cloud", "endpoint "+env.proxy.URL()+"\npath_style")
 	node = replaceIn(t, "the node", node, "region fr-par", "region us-east-1")
 
-	sites := []site{{port: env.ports.http, body: front}}
+	sites := []sitePort{{port: env.ports.http, body: front}}
 	for i, p := range nodePorts {
-		sites = append(sites, site{port: p, body: replaceIn(t, "the node", node, "{$NODE_CACHE_DIR}", nodeDirs[i])})
+		sites = append(sites, sitePort{port: p, body: replaceIn(t, "the node", node, "{$NODE_CACHE_DIR}", nodeDirs[i])})
 	}
 	// The example's global log filter keeps the purge secret out of the
 	// front's debug lines; the suite's log, scanned for secrets, gets it
@@ -127,7 +99,7 @@ func clusterCaddyfile(t *testing.T, nodePorts []int, nodeDirs []string) string {
 	if !strings.Contains(string(readFileOrNil(filepath.Join(clusterDir, "Caddyfile"))), filter) {
 		t.Fatalf("examples/cluster/Caddyfile no longer filters the purge secret out of its logs (%q)", filter)
 	}
-	return strings.Replace(withSuiteLog(caddyfileSites(env.ports, sites...)), "\t\tformat json\n",
+	return strings.Replace(caddyfileSites(env.ports, sites...), "\t\tformat json\n",
 		"\t\tformat filter {\n\t\t\twrap json\n\t\t\t"+filter+"\n\t\t}\n", 1)
 }
 

@@ -33,7 +33,21 @@ func siteConfig(block string) string {
 // Caddy logs at debug level to the suite's log file, which the end of the
 // run scans for secrets (see suiteLogOption).
 func caddyfileFor(ports caddyPorts, site string) string {
-	return fmt.Sprintf(`{
+	return caddyfileSites(ports, sitePort{port: ports.http, body: "\t" + site})
+}
+
+// sitePort is one site of a Caddyfile: a loopback port and the body of its
+// block.
+type sitePort struct {
+	port int
+	body string
+}
+
+// caddyfileSites is caddyfileFor with several sites, each on its own port.
+// The first site should be on ports.http, where do and get send requests.
+func caddyfileSites(ports caddyPorts, sites ...sitePort) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, `{
 	admin localhost:%d
 	http_port %d
 	https_port %d
@@ -42,11 +56,11 @@ func caddyfileFor(ports caddyPorts, site string) string {
 	persist_config off
 	grace_period 1s
 %s}
-
-:%d {
-	%s
-}
-`, ports.admin, ports.http, ports.https, suiteLogOption(), ports.http, site)
+`, ports.admin, ports.http, ports.https, suiteLogOption())
+	for _, s := range sites {
+		fmt.Fprintf(&b, "\n:%d {\n%s\n}\n", s.port, s.body)
+	}
+	return b.String()
 }
 
 func indent(block string) string {

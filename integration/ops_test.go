@@ -72,12 +72,7 @@ func TestCacheBusterPurgesTheEntry(t *testing.T) {
 }
 
 func TestAdminAPIStatsAndPurge(t *testing.T) {
-	dir := t.TempDir()
-	loadCache(t, dir)
-	png := env.objects.Get(s3test.KeyOriginalPNG)
-	mb := env.objects.Get(s3test.KeyOneMB)
-	fillEntry(t, dir, png)
-	fillEntry(t, dir, mb)
+	dir, png, mb := cacheTwoObjects(t)
 	wantHitWithoutS3(t, png)
 
 	status, body := adminDo(t, http.MethodGet, "/s3_media_cache/stats", "")
