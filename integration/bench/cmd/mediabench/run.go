@@ -268,6 +268,7 @@ func (b *bench) startServers(ctx context.Context) error {
 		Admin: b.addr.caddyAdmin, HTTP: b.addr.caddyHTTP, TLS: b.addr.caddyTLS,
 		Bucket: bucket, Endpoint: b.caddyS3.URL(), Root: root,
 		CacheDir: filepath.Join(b.work, "caddy-cache"), Cert: certPath, Key: keyPath,
+		FloorBody: strings.Repeat("x", int(b.cat.hot50k.size)),
 	}, b.caddyConf)
 	if err != nil {
 		return err

@@ -57,7 +57,14 @@ type caddyConfig struct {
 	Root      string
 	CacheDir  string
 	Cert, Key string
+	// FloorBody is what /__caddy_floor responds with: as many bytes as
+	// the 50 KB object, sent by Caddy's own respond handler, as the
+	// floor any handler in Caddy starts from.
+	FloorBody string
 }
+
+// floorPath is the reference route of the Caddyfile.
+const floorPath = "/__caddy_floor"
 
 func render(name string, data any, path string) error {
 	var buf bytes.Buffer
