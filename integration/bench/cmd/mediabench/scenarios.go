@@ -105,15 +105,9 @@ func (b *bench) caddyFloor(ctx context.Context) error {
 			nginx = *r.Nginx
 		}
 	}
-	var ours server
-	for _, s := range b.servers() {
-		if s.name == "ours" {
-			ours = s
-		}
-	}
 	var rates []float64
 	for range b.cfg.rounds {
-		res, err := b.measure(ctx, "Caddy's respond floor", "caddy respond", ours.httpURL+floorPath, "")
+		res, err := b.measure(ctx, "Caddy's respond floor", "caddy respond", "http://"+b.addr.caddyFloor+"/", "")
 		if err != nil {
 			return err
 		}

@@ -57,14 +57,13 @@ type caddyConfig struct {
 	Root      string
 	CacheDir  string
 	Cert, Key string
-	// FloorBody is what /__caddy_floor responds with: as many bytes as
-	// the 50 KB object, sent by Caddy's own respond handler, as the
-	// floor any handler in Caddy starts from.
+	// Floor (host:port) is a site of its own, so that the measured media
+	// site's routes stay as a user writes them, answering every request
+	// with FloorBody: as many bytes as the 50 KB object, sent by Caddy's
+	// own respond handler, the floor any handler in Caddy starts from.
+	Floor     string
 	FloorBody string
 }
-
-// floorPath is the reference route of the Caddyfile.
-const floorPath = "/__caddy_floor"
 
 func render(name string, data any, path string) error {
 	var buf bytes.Buffer
