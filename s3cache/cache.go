@@ -269,7 +269,7 @@ func (h *Handler) serveEntry(w http.ResponseWriter, r *http.Request, e *entry, c
 		}
 		h.store.markKnown(e, id)
 	}
-	body := &checkedBody{f: file.f, meta: &e.meta, onCorrupt: func(err error) { h.store.discardCorrupt(e.path, err) }}
+	body := &checkedBody{f: file.f, meta: &e.meta, store: h.store, path: e.path}
 	return h.respondStored(w, r, &e.meta, cacheStatus, body)
 }
 
@@ -308,8 +308,7 @@ func (h *Handler) serveEntryDirect(w http.ResponseWriter, r *http.Request, e *en
 		}
 		h.store.markKnown(e, id)
 	}
-	onCorrupt := func(err error) { h.store.discardCorrupt(e.path, err) }
-	body := &directBody{f: f, checked: checkedBody{f: f, meta: &e.meta, onCorrupt: onCorrupt}}
+	body := &directBody{checked: checkedBody{f: f, meta: &e.meta, store: h.store, path: e.path}}
 	return h.respondStored(w, r, &e.meta, cacheStatus, body)
 }
 
@@ -326,7 +325,7 @@ func checkAllBlocks(f *os.File, m *entryMeta, size int64) error {
 	if onDisk.Key != m.Key || onDisk.bodyLen != m.bodyLen || onDisk.tableCRC != m.tableCRC {
 		return fmt.Errorf("%w: header does not match the index", errCorruptEntry)
 	}
-	cr := &checkedReader{body: &checkedBody{f: f, meta: m, onCorrupt: func(error) {}}, end: m.bodyLen}
+	cr := &checkedReader{body: &checkedBody{f: f, meta: m}, end: m.bodyLen}
 	defer cr.release()
 	for block := int64(0); block < m.blockCount(); block++ {
 		if err := cr.load(block); err != nil {

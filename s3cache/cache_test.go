@@ -117,20 +117,37 @@ func waitLoaded(t *testing.T, s *store) {
 
 func get(t *testing.T, url string, headers ...string) (*http.Response, []byte) {
 	t.Helper()
-	req, _ := http.NewRequest("GET", url, nil)
+	return mustFetch(t, http.DefaultClient, url, headers...)
+}
+
+// mustFetch is fetch failing t on any error.
+func mustFetch(t *testing.T, client *http.Client, url string, headers ...string) (*http.Response, []byte) {
+	t.Helper()
+	resp, body, err := fetch(client, url, headers...)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	return resp, body
+}
+
+// fetch GETs url through client with "Name", "value" header pairs and
+// reads the whole body. The error is the request's or the read's: a
+// transfer cut short shows as one.
+func fetch(client *http.Client, url string, headers ...string) (*http.Response, []byte, error) {
+	req, err := http.NewRequest("GET", url, nil)
+	if err != nil {
+		return nil, nil, err
+	}
 	for i := 0; i+1 < len(headers); i += 2 {
 		req.Header.Set(headers[i], headers[i+1])
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
-		t.Fatal(err)
+		return nil, nil, err
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("reading %s: %v", url, err)
-	}
-	return resp, body
+	return resp, body, err
 }
 
 func TestFillFollowerGetsBytesBeforeLeaderFinishes(t *testing.T) {
@@ -650,22 +667,11 @@ func TestDamagedEntryIsNeverServed(t *testing.T) {
 				srv.Start()
 			}
 			t.Cleanup(srv.Close)
-			client := srv.Client()
-			fetch := func(headers ...string) (*http.Response, []byte, error) {
-				req, _ := http.NewRequest("GET", srv.URL+"/v/a.mp4", nil)
-				for i := 0; i+1 < len(headers); i += 2 {
-					req.Header.Set(headers[i], headers[i+1])
-				}
-				resp, err := client.Do(req)
-				if err != nil {
-					return nil, nil, err
-				}
-				defer resp.Body.Close()
-				body, err := io.ReadAll(resp.Body)
-				return resp, body, err
+			getObject := func(headers ...string) (*http.Response, []byte, error) {
+				return fetch(srv.Client(), srv.URL+"/v/a.mp4", headers...)
 			}
 
-			if _, _, err := fetch(); err != nil {
+			if _, _, err := getObject(); err != nil {
 				t.Fatal(err)
 			}
 			waitStored(t, h, "v/a.mp4")
@@ -684,22 +690,22 @@ func TestDamagedEntryIsNeverServed(t *testing.T) {
 			}
 
 			if tt.wantCut {
-				resp, body, err := fetch("Range", "bytes=0-99")
+				resp, body, err := getObject("Range", "bytes=0-99")
 				if err != nil || resp.StatusCode != 206 || !bytes.Equal(body, data[:100]) || resp.Header.Get("X-Cache-Status") != "HIT" {
 					t.Fatalf("range in a good block: %v", err)
 				}
-				if _, got, err := fetch(); err == nil {
+				if _, got, err := getObject(); err == nil {
 					t.Fatalf("a corrupt entry was served as a complete response (%d bytes, equal %v)", len(got), bytes.Equal(got, data))
 				}
 				if _, ok := h.store.lookup(ckey, time.Now()); ok {
 					t.Fatal("the corrupt entry is still indexed")
 				}
 			}
-			resp, body, err := fetch()
+			resp, body, err := getObject()
 			if err != nil || resp.Header.Get("X-Cache-Status") != "MISS" || !bytes.Equal(body, data) {
 				t.Fatalf("after the damage: err %v, want a MISS with the right bytes", err)
 			}
-			resp, body, err = fetch()
+			resp, body, err = getObject()
 			if err != nil || resp.Header.Get("X-Cache-Status") != "HIT" || !bytes.Equal(body, data) {
 				t.Fatalf("once fetched again: err %v, want a HIT with the right bytes", err)
 			}

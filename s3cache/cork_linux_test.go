@@ -2,7 +2,6 @@ package s3cache
 
 import (
 	"bytes"
-	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -49,20 +48,7 @@ func testHitsLeaveTheSocketUncorked(t *testing.T, tls bool) {
 	t.Cleanup(srv.Close)
 	get := func(t *testing.T, url string, headers ...string) (*http.Response, []byte) {
 		t.Helper()
-		req, _ := http.NewRequest("GET", url, nil)
-		for i := 0; i+1 < len(headers); i += 2 {
-			req.Header.Set(headers[i], headers[i+1])
-		}
-		resp, err := srv.Client().Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		body, err := io.ReadAll(resp.Body)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return resp, body
+		return mustFetch(t, srv.Client(), url, headers...)
 	}
 
 	get(t, srv.URL+"/v/a.mp4")

@@ -48,7 +48,7 @@ func loadEntry(t *testing.T, path string, file []byte, off, length int64) (entry
 		t.Fatal(err)
 	}
 	defer f.Close()
-	body := &checkedBody{f: f, meta: &m, onCorrupt: func(error) {}}
+	body := &checkedBody{f: f, meta: &m}
 	section, err := body.section(off, length)
 	if err != nil {
 		return m, nil, err

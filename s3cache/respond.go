@@ -29,9 +29,19 @@ type bodySource interface {
 // part: the first bad block ends the response (before the status line, if
 // it is the first block) and removes the entry.
 type checkedBody struct {
-	f         *os.File
-	meta      *entryMeta
-	onCorrupt func(error)
+	f    *os.File
+	meta *entryMeta
+	// store and path say which entry to remove when a block fails; a
+	// nil store (a check that is not serving anyone) removes nothing.
+	store *store
+	path  string
+}
+
+// corrupt removes the entry whose block failed with err.
+func (b *checkedBody) corrupt(err error) {
+	if b.store != nil {
+		b.store.discardCorrupt(b.path, err)
+	}
 }
 
 // blockPool holds the block buffers of checked reads.
@@ -70,12 +80,12 @@ func (c *checkedReader) load(block int64) error {
 	buf := (*c.bufp)[:n]
 	if _, err := c.body.f.ReadAt(buf, m.bodyOffset()+start); err != nil {
 		err = fmt.Errorf("%w: reading block %d: %v", errCorruptEntry, block, err)
-		c.body.onCorrupt(err)
+		c.body.corrupt(err)
 		return err
 	}
 	if crc32.Checksum(buf, castagnoli) != m.blockCRCs[block] {
 		err := fmt.Errorf("%w: block %d fails its checksum", errCorruptEntry, block)
-		c.body.onCorrupt(err)
+		c.body.corrupt(err)
 		return err
 	}
 	c.bufStart, c.bufLen = start, n
@@ -141,15 +151,16 @@ func (c *checkedReader) release() {
 // f is the request's own descriptor: sendfile reads from the file offset,
 // which the descriptors kept open for concurrent hits cannot share.
 type directBody struct {
-	f       *os.File
-	checked checkedBody
+	checked checkedBody // its f is the request's own descriptor
+	tail    fileTail    // the one section that runs to the end of the body
 }
 
 func (b *directBody) section(off, n int64) (io.Reader, error) {
 	m := b.checked.meta
 	if n > 0 && off+n == m.bodyLen {
-		if _, err := b.f.Seek(m.bodyOffset()+off, io.SeekStart); err == nil {
-			return &fileTail{f: b.f, n: n}, nil
+		if _, err := b.checked.f.Seek(m.bodyOffset()+off, io.SeekStart); err == nil {
+			b.tail = fileTail{f: b.checked.f, n: n}
+			return &b.tail, nil
 		}
 	}
 	return b.checked.section(off, n)
