@@ -90,7 +90,11 @@ func clusterCaddyfile(t *testing.T, nodePorts []int, nodeDirs []string) string {
 
 	sites := []sitePort{{port: env.ports.http, body: front}}
 	for i, p := range nodePorts {
-		sites = append(sites, sitePort{port: p, body: replaceIn(t, "the node", node, "{$NODE_CACHE_DIR}", nodeDirs[i])})
+		body := replaceIn(t, "the node", node, "{$NODE_CACHE_DIR}", nodeDirs[i])
+		// Test wiring only: name the node in its answers, so loadCluster
+		// can tell when the front has every node in its pool.
+		body = "\theader " + nodeHeader + " " + strconv.Itoa(i) + "\n" + body
+		sites = append(sites, sitePort{port: p, body: body})
 	}
 	// The example's global log filter keeps the purge secret out of the
 	// front's debug lines; the suite's log, scanned for secrets, gets it
@@ -103,8 +107,15 @@ func clusterCaddyfile(t *testing.T, nodePorts []int, nodeDirs []string) string {
 		"\t\tformat filter {\n\t\t\twrap json\n\t\t\t"+filter+"\n\t\t}\n", 1)
 }
 
-// loadCluster loads the cluster and waits until the front answers through
-// a node (a directory path: the node's 404, no S3 request).
+// nodeHeader names, in the test's node sites, the node that answered.
+const nodeHeader = "X-Test-Node"
+
+// loadCluster loads the cluster and waits until the front reaches every
+// node. The front's first health check runs as the configuration loads,
+// possibly before the node sites listen, and a node it found down stays
+// out of the pool until the next check passes; meanwhile uri_hash sends
+// its objects to the other node. So the wait probes directory paths (the
+// node's 404, no S3 request) until each node has answered one.
 func loadCluster(t *testing.T, nodeDirs []string) {
 	t.Helper()
 	t.Setenv("S3_ACCESS_KEY", env.gateway.AccessKey)
@@ -112,12 +123,23 @@ func loadCluster(t *testing.T, nodeDirs []string) {
 	t.Setenv("CACHE_BUSTER_SECRET", purgeSecret)
 	cfg := clusterCaddyfile(t, freePorts(t, len(nodeDirs)), nodeDirs)
 	load(t, cfg)
+	answered := map[string]bool{}
 	var last response
+	probe := 0
 	if !waitFor(15*time.Second, func() bool {
-		last = do(t, http.MethodGet, "/warm-up/")
-		return last.status == http.StatusNotFound && last.header.Get("X-Cache-Status") == "BYPASS"
+		for range 16 {
+			probe++
+			last = do(t, http.MethodGet, "/warm-up/"+strconv.Itoa(probe%16)+"/")
+			if last.status == http.StatusNotFound && last.header.Get("X-Cache-Status") == "BYPASS" {
+				if node := last.header.Get(nodeHeader); node != "" {
+					answered[node] = true
+				}
+			}
+		}
+		return len(answered) == len(nodeDirs)
 	}) {
-		t.Fatalf("the front did not reach a node within 15s: last answer %d %v\n%s", last.status, last.header, cfg)
+		t.Fatalf("the front did not reach every node within 15s: nodes answered %v, last answer %d %v\n%s",
+			answered, last.status, last.header, cfg)
 	}
 	env.proxy.Reset()
 }
