@@ -259,6 +259,10 @@ func (h *Handler) serveEntry(w http.ResponseWriter, r *http.Request, e *entry, c
 	if err != nil {
 		return errEntryGone
 	}
+	if unlinked(info) {
+		h.store.forget(e)
+		return errEntryGone
+	}
 	if id := identityOf(info); id != file.id {
 		// Loaded at startup, replaced since the lookup, or written to
 		// on disk: check every block before a byte is sent, so such a
@@ -288,28 +292,39 @@ func canSendfile(r *http.Request) bool {
 }
 
 // serveEntryDirect answers from a committed entry through directBody. The
-// file is opened for this request alone; if it is not the file last
-// checked in full (its identity differs) or that check is older than
+// descriptor is the request's own, from the entry's pool of spares or
+// opened now, and goes back to the pool when the answer is sent. If the
+// file is not the one last checked in full (its identity differs: written
+// to on disk, or replaced since the lookup) or that check is older than
 // reverifyInterval, every block is checked before the status line.
 func (h *Handler) serveEntryDirect(w http.ResponseWriter, r *http.Request, e *entry, cacheStatus string) error {
-	f, err := os.Open(e.path)
-	if err != nil {
-		return errEntryGone // evicted or purged since the lookup
+	f := h.store.takeSpare(e)
+	if f == nil {
+		var err error
+		if f, err = os.Open(e.path); err != nil {
+			return errEntryGone // evicted or purged since the lookup
+		}
 	}
-	defer f.Close()
 	info, err := f.Stat()
-	if err != nil {
+	if err != nil || unlinked(info) {
+		f.Close()
+		h.store.forget(e)
 		return errEntryGone
 	}
 	if id := identityOf(info); id != e.known || time.Since(e.verifiedAt) >= reverifyInterval {
 		if err := checkAllBlocks(f, &e.meta, info.Size()); err != nil {
+			f.Close()
 			h.store.discardCorrupt(e.path, err)
 			return errEntryGone
 		}
 		h.store.markKnown(e, id)
 	}
 	body := &directBody{checked: checkedBody{f: f, meta: &e.meta, store: h.store, path: e.path}}
-	return h.respondStored(w, r, &e.meta, cacheStatus, body)
+	err = h.respondStored(w, r, &e.meta, cacheStatus, body)
+	// A block that failed its check removed the entry: putSpare then
+	// closes f rather than pooling it.
+	h.store.putSpare(e, f)
+	return err
 }
 
 // checkAllBlocks checks an entry file against the index: its size, its

@@ -651,8 +651,13 @@ func TestDamagedEntryIsNeverServed(t *testing.T) {
 		invisible  bool
 		checkedAgo time.Duration
 		wantCut    bool // the whole object is cut short (else a clean MISS)
+		// hitFirst serves one HIT before the damage, which leaves an
+		// open descriptor of the file pooled for the next one.
+		hitFirst bool
 	}{
 		{name: "altered in place", tls: false},
+		{name: "altered in place after a sendfile hit", tls: false, hitFirst: true},
+		{name: "altered in place after a TLS hit", tls: true, hitFirst: true},
 		{name: "altered in place, TLS", tls: true},
 		{name: "bit rot, TLS", tls: true, invisible: true, wantCut: true},
 		{name: "bit rot, sendfile, at the next check", tls: false, invisible: true, checkedAgo: reverifyInterval},
@@ -675,6 +680,11 @@ func TestDamagedEntryIsNeverServed(t *testing.T) {
 				t.Fatal(err)
 			}
 			waitStored(t, h, "v/a.mp4")
+			if tt.hitFirst {
+				if resp, body, err := getObject(); err != nil || resp.Header.Get("X-Cache-Status") != "HIT" || !bytes.Equal(body, data) {
+					t.Fatalf("the hit before the damage: %v", err)
+				}
+			}
 			ckey := h.cacheKey("v/a.mp4")
 			e, _ := h.store.lookup(ckey, time.Now())
 			damageBlock(t, e.path, e.meta.bodyOffset()+2*blockSize+5)
@@ -708,6 +718,134 @@ func TestDamagedEntryIsNeverServed(t *testing.T) {
 			resp, body, err = getObject()
 			if err != nil || resp.Header.Get("X-Cache-Status") != "HIT" || !bytes.Equal(body, data) {
 				t.Fatalf("once fetched again: err %v, want a HIT with the right bytes", err)
+			}
+		})
+	}
+}
+
+// TestSendfileHitsReuseDescriptors checks the pool of descriptors for
+// sendfile hits: sequential hits share one descriptor, ranges and HEADs
+// included, and a purge or a replacement of the entry closes it.
+func TestSendfileHitsReuseDescriptors(t *testing.T) {
+	data := objectBytes(2*blockSize + 77)
+	h := newCachedHandler(t, servingOrigin(data), t.TempDir(), nil)
+	srv := httptest.NewServer(handlerFor(h))
+	t.Cleanup(srv.Close)
+	url := srv.URL + "/v/a.mp4"
+	storeObject(t, h, srv.URL, "v/a.mp4")
+	ckey := h.cacheKey("v/a.mp4")
+	spares := func() (perEntry, open int) {
+		h.store.mu.Lock()
+		defer h.store.mu.Unlock()
+		if e, ok := h.store.entries[ckey]; ok {
+			perEntry = len(e.spares)
+		}
+		return perEntry, h.store.open
+	}
+
+	for i, rng := range []string{"", "bytes=0-99", "bytes=100-", "", "bytes=-10"} {
+		resp, body, err := fetch(srv.Client(), url, "Range", rng)
+		want, wantStatus := data, http.StatusOK
+		switch rng {
+		case "bytes=0-99":
+			want, wantStatus = data[:100], http.StatusPartialContent
+		case "bytes=100-":
+			want, wantStatus = data[100:], http.StatusPartialContent
+		case "bytes=-10":
+			want, wantStatus = data[len(data)-10:], http.StatusPartialContent
+		}
+		if err != nil || resp.StatusCode != wantStatus || resp.Header.Get("X-Cache-Status") != "HIT" || !bytes.Equal(body, want) {
+			t.Fatalf("hit %d (Range %q): err %v, status %d, %d bytes; want %d with the right %d bytes",
+				i, rng, err, resp.StatusCode, len(body), wantStatus, len(want))
+		}
+		// The handler gives the descriptor back after the client has its
+		// last byte: wait a moment for it.
+		var perEntry, open int
+		for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+			if perEntry, open = spares(); perEntry == 1 && open == 1 {
+				break
+			}
+		}
+		if perEntry != 1 || open != 1 {
+			t.Fatalf("after hit %d: %d pooled descriptors for the entry, %d open in the store; want 1 and 1", i, perEntry, open)
+		}
+	}
+
+	if !h.store.purge(ckey) {
+		t.Fatal("purge found no entry")
+	}
+	if _, open := spares(); open != 0 {
+		t.Fatalf("after the purge: %d descriptors still open", open)
+	}
+
+	// A new entry for the key does not inherit the old one's descriptors.
+	storeObject(t, h, srv.URL, "v/a.mp4")
+	mustFetch(t, srv.Client(), url)
+	old, _ := h.store.lookup(ckey, time.Now())
+	storeAgain := func() {
+		h.store.mu.Lock()
+		defer h.store.mu.Unlock()
+		cur := h.store.entries[ckey]
+		h.store.insertLocked(ckey, cur.path, cur.meta, cur.meta.fileSize(), time.Now())
+	}
+	storeAgain()
+	if _, open := spares(); open != 0 {
+		t.Fatalf("after the entry was replaced: %d descriptors still open", open)
+	}
+	if f := h.store.takeSpare(&old); f != nil {
+		t.Fatal("the replaced entry's snapshot still hands out descriptors")
+	}
+}
+
+// TestEntryRemovedByHandIsFetchedAgain checks that an entry file deleted
+// from the cache directory by hand (rm -rf to clear the cache) is not
+// served on from the descriptor a previous hit left open: the next request
+// drops the entry, fetches the object again and stores a new file, and the
+// old file's descriptors are closed.
+func TestEntryRemovedByHandIsFetchedAgain(t *testing.T) {
+	data := objectBytes(blockSize + 300)
+	for _, tls := range []bool{false, true} {
+		t.Run(map[bool]string{false: "sendfile", true: "TLS"}[tls], func(t *testing.T) {
+			o := servingOrigin(data)
+			h := newCachedHandler(t, o, t.TempDir(), nil)
+			srv := httptest.NewUnstartedServer(handlerFor(h))
+			if tls {
+				srv.StartTLS()
+			} else {
+				srv.Start()
+			}
+			t.Cleanup(srv.Close)
+			url := srv.URL + "/v/a.mp4"
+			mustFetch(t, srv.Client(), url)
+			waitStored(t, h, "v/a.mp4")
+			if resp, body := mustFetch(t, srv.Client(), url); resp.Header.Get("X-Cache-Status") != "HIT" || !bytes.Equal(body, data) {
+				t.Fatalf("the hit before the removal: %s, %d bytes", resp.Header.Get("X-Cache-Status"), len(body))
+			}
+			ckey := h.cacheKey("v/a.mp4")
+			e, _ := h.store.lookup(ckey, time.Now())
+			if err := os.Remove(e.path); err != nil {
+				t.Fatal(err)
+			}
+
+			resp, body := mustFetch(t, srv.Client(), url)
+			if resp.Header.Get("X-Cache-Status") != "MISS" || !bytes.Equal(body, data) {
+				t.Fatalf("after the removal: %s, %d bytes; want a MISS with the right bytes", resp.Header.Get("X-Cache-Status"), len(body))
+			}
+			if got := o.calls.Load(); got != 2 {
+				t.Fatalf("S3 fetches = %d, want 2", got)
+			}
+			waitStored(t, h, "v/a.mp4")
+			if _, err := os.Stat(e.path); err != nil {
+				t.Fatalf("the object was not stored again: %v", err)
+			}
+			h.store.mu.Lock()
+			open := h.store.open
+			h.store.mu.Unlock()
+			if open != 0 {
+				t.Fatalf("%d descriptors open after the new entry's fill, want 0 (the old file's closed, the new one not yet used)", open)
+			}
+			if resp, body := mustFetch(t, srv.Client(), url); resp.Header.Get("X-Cache-Status") != "HIT" || !bytes.Equal(body, data) {
+				t.Fatalf("once stored again: %s, %d bytes; want a HIT", resp.Header.Get("X-Cache-Status"), len(body))
 			}
 		})
 	}

@@ -113,14 +113,16 @@ func parseDigits(s string) (int64, error) {
 // preconditionStatus evaluates the client's conditional headers against a
 // cached representation, in the order of RFC 9110, section 13.2.2. It
 // returns 0 to proceed, 304 or 412.
+//
+// The stored Last-Modified is parsed only for a request that carries a
+// date to compare it with: most carry none, and this runs on every hit.
 func preconditionStatus(r *http.Request, etag, lastModified string) int {
-	modTime := parseHTTPDate(lastModified)
 	if im := r.Header.Get("If-Match"); im != "" {
 		if !etagListMatches(im, etag, true) {
 			return http.StatusPreconditionFailed
 		}
-	} else if ius := parseHTTPDate(r.Header.Get("If-Unmodified-Since")); !ius.IsZero() && !modTime.IsZero() {
-		if modTime.After(ius) {
+	} else if ius := parseHTTPDate(r.Header.Get("If-Unmodified-Since")); !ius.IsZero() {
+		if modTime := parseHTTPDate(lastModified); !modTime.IsZero() && modTime.After(ius) {
 			return http.StatusPreconditionFailed
 		}
 	}
@@ -128,8 +130,8 @@ func preconditionStatus(r *http.Request, etag, lastModified string) int {
 		if etagListMatches(inm, etag, false) {
 			return http.StatusNotModified
 		}
-	} else if ims := parseHTTPDate(r.Header.Get("If-Modified-Since")); !ims.IsZero() && !modTime.IsZero() {
-		if !modTime.After(ims) {
+	} else if ims := parseHTTPDate(r.Header.Get("If-Modified-Since")); !ims.IsZero() {
+		if modTime := parseHTTPDate(lastModified); !modTime.IsZero() && !modTime.After(ims) {
 			return http.StatusNotModified
 		}
 	}

@@ -143,6 +143,10 @@ type entry struct {
 	elem     *list.Element
 	gen      uint64    // tells this entry from a later one for the same key
 	file     *openFile // the file kept open for hits, or nil
+	// Descriptors of the file waiting for the next sendfile hit (see
+	// takeSpare): sendfile reads from the file offset, so each serves one
+	// request at a time, and the pool saves a hit its open and close.
+	spares []*os.File
 
 	// The identity of the file when its whole body last passed its
 	// checks (zero: never, for entries found on disk at startup). A hit
@@ -174,6 +178,26 @@ func identityOf(info fs.FileInfo) fileIdentity {
 		id.ctime = changeTime(st)
 	}
 	return id
+}
+
+// unlinked reports whether the file behind an open descriptor has no name
+// left: someone removed it from the cache directory by hand (rm -rf to
+// clear the cache). A descriptor kept open would go on serving it, and its
+// disk space would stay in use, until the entry is evicted.
+func unlinked(info fs.FileInfo) bool {
+	st, ok := info.Sys().(*syscall.Stat_t)
+	return ok && st.Nlink == 0
+}
+
+// forget drops the entry snapshot e from the index, if it is still
+// current, without touching the cache directory: for an entry whose file
+// is already gone.
+func (s *store) forget(e *entry) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if cur, ok := s.entries[e.meta.Key]; ok && cur.gen == e.gen {
+		s.removeLocked(e.meta.Key)
+	}
 }
 
 // openFile is an entry file kept open for its hits. Bodies are read with
@@ -402,8 +426,13 @@ func (s *store) removeLocked(key string) (string, bool) {
 }
 
 // doomFileLocked closes the open file of an entry leaving the index, now
-// or when its last reader is done.
+// or when its last reader is done, and its spare descriptors.
 func (s *store) doomFileLocked(e *entry) {
+	for _, f := range e.spares {
+		f.Close()
+		s.open--
+	}
+	e.spares = nil
 	if e.file == nil {
 		return
 	}
@@ -460,6 +489,46 @@ func (s *store) releaseFile(of *openFile) {
 		s.closeFileLocked(of)
 	}
 	s.mu.Unlock()
+}
+
+// maxSparesPerEntry bounds the idle descriptors pooled for one entry's
+// sendfile hits. A hit holds its descriptor only while its body goes to
+// the socket, so even a hot object rarely has more than a few in use.
+const maxSparesPerEntry = 8
+
+// takeSpare returns an idle descriptor of the entry snapshot e's file for
+// one sendfile hit, or nil if there is none or e is no longer current. The
+// caller owns it until putSpare. Its offset is wherever the last hit left
+// it: the caller seeks.
+func (s *store) takeSpare(e *entry) *os.File {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cur, ok := s.entries[e.meta.Key]
+	if !ok || cur.gen != e.gen || len(cur.spares) == 0 {
+		return nil
+	}
+	f := cur.spares[len(cur.spares)-1]
+	cur.spares[len(cur.spares)-1] = nil
+	cur.spares = cur.spares[:len(cur.spares)-1]
+	s.open--
+	return f
+}
+
+// putSpare gives back a descriptor of the entry snapshot e's file after a
+// hit that found the file sound. It is kept for the next hit if e is still
+// current and the bounds allow, and closed otherwise.
+func (s *store) putSpare(e *entry, f *os.File) {
+	s.mu.Lock()
+	cur, ok := s.entries[e.meta.Key]
+	if ok && cur.gen == e.gen && len(cur.spares) < maxSparesPerEntry && s.open < s.maxOpen {
+		cur.spares = append(cur.spares, f)
+		s.open++
+		f = nil
+	}
+	s.mu.Unlock()
+	if f != nil {
+		f.Close()
+	}
 }
 
 // maxOpenEntryFiles bounds the entry files kept open: a quarter of the

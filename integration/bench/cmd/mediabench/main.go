@@ -115,7 +115,7 @@ func parseFlags(args []string) (config, error) {
 	fs.DurationVar(&cfg.fillBudget, "fill-budget", 60*time.Second, "at most this long seeding, and then at most this long requesting, the objects that fill the cache for the restart scenario")
 	fs.DurationVar(&cfg.timeout, "timeout", 20*time.Minute, "give up, stopping everything, after this long (5m at most with -quick)")
 	fs.DurationVar(&cfg.quietBudget, "quiet-budget", time.Minute, "at most this long in all waiting for other processes to leave the cores alone before a measurement, and measuring again after one they disturbed")
-	fs.BoolVar(&cfg.profile, "profile", false, "also take a CPU and an allocation profile of Caddy serving 50 KB hits, through its admin endpoint (into build/bench-profiles, or OUT/profiles with -out)")
+	fs.BoolVar(&cfg.profile, "profile", false, "also take CPU and allocation profiles of Caddy serving 50 KB hits and the working set, through its admin endpoint (into build/bench-profiles, or OUT/profiles with -out)")
 	fs.StringVar(&cfg.rerender, "rerender", "", "draw table.md and chart.svg again from this results.json, beside it, and run nothing")
 	only := fs.String("only", "", "run only the scenarios whose name matches this regular expression (tls, plain, working set, stampede, miss, memory, restart); the warm-up always runs")
 	if err := fs.Parse(args); err != nil {

@@ -83,7 +83,8 @@ func (b *bench) plainHits(ctx context.Context) error {
 		return err
 	}
 	if b.cfg.profile {
-		if err := b.profileHits(ctx); err != nil {
+		url := "http://" + b.addr.caddyHTTP + b.cat.hot50k.path()
+		if err := b.profileCaddy(ctx, "50 KB hit", "caddy", url, ""); err != nil {
 			return err
 		}
 	}
@@ -130,10 +131,14 @@ func (b *bench) workingSet(ctx context.Context) error {
 		return err
 	}
 	n := groupThousands(strconv.Itoa(len(paths)))
-	return b.throughput(ctx, row{
+	err := b.throughput(ctx, row{
 		Scenario: fmt.Sprintf("working set of %s small objects (%s), random keys, all cached", n, sizeString(b.cfg.smallSize)),
 		Label:    "working set, " + n + " objects",
 	}, false, b.cat.workingSet, script, ratioAtLeast(0.9))
+	if err != nil || !b.cfg.profile {
+		return err
+	}
+	return b.profileCaddy(ctx, "working set", "caddy-working-set", "http://"+b.addr.caddyHTTP+"/", script)
 }
 
 // throughput runs wrk against each server, for objs[0] or, with a
@@ -274,10 +279,11 @@ func median(v []float64) float64 {
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
-// profileHits takes a CPU profile and the allocations of Caddy serving
-// 50 KB hits under wrk, from Caddy's admin endpoint, and, when the go
-// tool is at hand, writes their top lines beside them.
-func (b *bench) profileHits(ctx context.Context) error {
+// profileCaddy takes a CPU profile and the allocations of Caddy serving
+// url (or the paths script picks) under wrk, from Caddy's admin endpoint,
+// into files named after prefix, and, when the go tool is at hand, writes
+// their top lines beside them.
+func (b *bench) profileCaddy(ctx context.Context, what, prefix, url, script string) error {
 	// Profiles are large binary files: by default they go to build/,
 	// which git ignores, not beside the results that the README shows.
 	dir := filepath.Join("build", "bench-profiles")
@@ -305,20 +311,20 @@ func (b *bench) profileHits(ctx context.Context) error {
 		_, err = f.ReadFrom(resp.Body)
 		return err
 	}
-	if err := save(admin+"allocs", "caddy-allocs-before.pprof"); err != nil {
+	file := func(kind string) string { return prefix + "-" + kind }
+	if err := save(admin+"allocs", file("allocs-before.pprof")); err != nil {
 		return err
 	}
-	url := "http://" + b.addr.caddyHTTP + b.cat.hot50k.path()
 	load := time.Duration(b.cfg.profileSeconds+2) * time.Second
 	var wrkErr error
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		_, wrkErr = runWrk(ctx, b.wrkBin, b.cfg.loadCPU, url, b.cfg.connections, load, "")
+		_, wrkErr = runWrk(ctx, b.wrkBin, b.cfg.loadCPU, url, b.cfg.connections, load, script)
 	})
 	time.Sleep(time.Second)
-	cpuErr := save(admin+"profile?seconds="+strconv.Itoa(b.cfg.profileSeconds), "caddy-cpu.pprof")
+	cpuErr := save(admin+"profile?seconds="+strconv.Itoa(b.cfg.profileSeconds), file("cpu.pprof"))
 	wg.Wait()
-	if err := errors.Join(wrkErr, cpuErr, save(admin+"allocs", "caddy-allocs.pprof")); err != nil {
+	if err := errors.Join(wrkErr, cpuErr, save(admin+"allocs", file("allocs.pprof"))); err != nil {
 		return err
 	}
 	if _, err := exec.LookPath("go"); err == nil {
@@ -328,13 +334,13 @@ func (b *bench) profileHits(ctx context.Context) error {
 				_ = os.WriteFile(filepath.Join(dir, out), data, 0o644)
 			}
 		}
-		top("caddy-cpu-top.txt", b.cfg.caddyBin, filepath.Join(dir, "caddy-cpu.pprof"))
-		top("caddy-allocs-top.txt", "-sample_index=alloc_space", "-base", filepath.Join(dir, "caddy-allocs-before.pprof"),
-			b.cfg.caddyBin, filepath.Join(dir, "caddy-allocs.pprof"))
-		top("caddy-allocs-objects-top.txt", "-sample_index=alloc_objects", "-base", filepath.Join(dir, "caddy-allocs-before.pprof"),
-			b.cfg.caddyBin, filepath.Join(dir, "caddy-allocs.pprof"))
+		top(file("cpu-top.txt"), b.cfg.caddyBin, filepath.Join(dir, file("cpu.pprof")))
+		top(file("allocs-top.txt"), "-sample_index=alloc_space", "-base", filepath.Join(dir, file("allocs-before.pprof")),
+			b.cfg.caddyBin, filepath.Join(dir, file("allocs.pprof")))
+		top(file("allocs-objects-top.txt"), "-sample_index=alloc_objects", "-base", filepath.Join(dir, file("allocs-before.pprof")),
+			b.cfg.caddyBin, filepath.Join(dir, file("allocs.pprof")))
 	}
-	fmt.Printf("  profiles of the 50 KB hit path in %s\n", dir)
+	fmt.Printf("  profiles of the %s in %s\n", what, dir)
 	return nil
 }
 
