@@ -136,9 +136,11 @@ func TestSoakUnderEvictionChurn(t *testing.T) {
 	//     a fill one more and its S3 connection two, so a few per worker;
 	//     a leak of one per request would add thousands.
 	//   - descriptors: each worker's connection and the fill's S3
-	//     connection, plus the entry files kept open for hits, whose
-	//     number follows how many entries fit (4 to 128 of these sizes);
-	//     a leak of one per miss would add hundreds.
+	//     connection, plus the entry files kept open for hits (the
+	//     descriptor pooled for sendfile, one per entry unless hits on it
+	//     overlapped), whose number follows how many entries fit (4 to
+	//     128 of these sizes, a dozen on average); a leak of one per miss
+	//     would add hundreds.
 	//   - resident memory: a quarter more than at the start, plus 16 MiB
 	//     for the garbage collector's pacing and buffer pools; a leak of
 	//     a kilobyte per request would add tens of megabytes.

@@ -520,13 +520,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	h.metrics.countRequest(status)
 	if h.store != nil {
 		h.store.countRequest(status)
-		var oe *originError
-		if errors.As(err, &oe) && oe.status != http.StatusNotFound {
-			h.store.s3Errors.Add(1)
+		if err != nil { // errors.As would cost a hit an allocation
+			var oe *originError
+			if errors.As(err, &oe) && oe.status != http.StatusNotFound {
+				h.store.s3Errors.Add(1)
+			}
 		}
 	}
 	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
-		repl.Set("http.s3_media_cache.status", status)
+		repl.Set("http.s3_media_cache.status", placeholderValue(status))
 	}
 	if err != nil && h.purgeHeader != "" && len(r.Header.Values(h.purgeHeader)) > 0 {
 		// Caddy logs a handler's error together with the request's
@@ -539,6 +541,19 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		}
 	}
 	return err
+}
+
+// placeholderValue is status as the replacer stores it. The usual ones
+// come boxed from constants: boxing a string that is not a constant costs
+// an allocation, on every hit.
+func placeholderValue(status string) any {
+	switch status {
+	case cacheHit:
+		return cacheHit
+	case cacheMiss:
+		return cacheMiss
+	}
+	return status
 }
 
 // serve answers a media request. It reads top to bottom: purge, method
