@@ -39,7 +39,7 @@ type bench struct {
 	caddy            *process
 	caddyConf        string
 	caddyLog         string
-	addr             struct{ nginxHTTP, nginxTLS, caddyHTTP, caddyTLS, caddyAdmin, caddyFloor string }
+	addr             struct{ nginxHTTP, nginxTLS, caddyHTTP, caddyTLS, caddyAdmin, caddyFloor, caddyFloorTLS string }
 
 	// client trusts the bench's certificate and keeps connections alive.
 	client *http.Client
@@ -234,7 +234,7 @@ func (b *bench) startServers(ctx context.Context) error {
 	if err := os.MkdirAll(root, 0o755); err != nil {
 		return err
 	}
-	for _, a := range []*string{&b.addr.nginxHTTP, &b.addr.nginxTLS, &b.addr.caddyHTTP, &b.addr.caddyTLS, &b.addr.caddyAdmin, &b.addr.caddyFloor} {
+	for _, a := range []*string{&b.addr.nginxHTTP, &b.addr.nginxTLS, &b.addr.caddyHTTP, &b.addr.caddyTLS, &b.addr.caddyAdmin, &b.addr.caddyFloor, &b.addr.caddyFloorTLS} {
 		if *a, err = freeAddr(); err != nil {
 			return err
 		}
@@ -268,7 +268,7 @@ func (b *bench) startServers(ctx context.Context) error {
 		Admin: b.addr.caddyAdmin, HTTP: b.addr.caddyHTTP, TLS: b.addr.caddyTLS,
 		Bucket: bucket, Endpoint: b.caddyS3.URL(), Root: root,
 		CacheDir: filepath.Join(b.work, "caddy-cache"), Cert: certPath, Key: keyPath,
-		Floor: b.addr.caddyFloor, FloorBody: strings.Repeat("x", int(b.cat.hot50k.size)),
+		Floor: b.addr.caddyFloor, FloorTLS: b.addr.caddyFloorTLS, FloorBody: strings.Repeat("x", int(b.cat.hot50k.size)),
 	}, b.caddyConf)
 	if err != nil {
 		return err

@@ -57,12 +57,13 @@ type caddyConfig struct {
 	Root      string
 	CacheDir  string
 	Cert, Key string
-	// Floor (host:port) is a site of its own, so that the measured media
-	// site's routes stay as a user writes them, answering every request
-	// with FloorBody: as many bytes as the 50 KB object, sent by Caddy's
-	// own respond handler, the floor any handler in Caddy starts from.
-	Floor     string
-	FloorBody string
+	// Floor and FloorTLS (host:port) are sites of their own, over plain
+	// HTTP and TLS, so that the measured media sites' routes stay as a
+	// user writes them, answering every request with FloorBody: as many
+	// bytes as the 50 KB object, sent by Caddy's own respond handler, the
+	// floor any handler in Caddy starts from.
+	Floor, FloorTLS string
+	FloorBody       string
 }
 
 func render(name string, data any, path string) error {
