@@ -797,6 +797,39 @@ func TestSendfileHitsReuseDescriptors(t *testing.T) {
 	}
 }
 
+// TestDestructedStoreKeepsNothingOpen checks that the store of a config
+// gone for good closes its pooled descriptors and does not pool those of
+// requests still draining.
+func TestDestructedStoreKeepsNothingOpen(t *testing.T) {
+	data := objectBytes(1000)
+	h := newCachedHandler(t, servingOrigin(data), t.TempDir(), nil)
+	srv := httptest.NewServer(handlerFor(h))
+	t.Cleanup(srv.Close)
+	storeObject(t, h, srv.URL, "v/a.mp4")
+	if resp, _ := get(t, srv.URL+"/v/a.mp4"); resp.Header.Get("X-Cache-Status") != "HIT" {
+		t.Fatalf("want a HIT, got %q", resp.Header.Get("X-Cache-Status"))
+	}
+	e, _ := h.store.lookup(h.cacheKey("v/a.mp4"), time.Now())
+	draining, err := os.Open(e.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	if err := h.store.Destruct(); err != nil {
+		t.Fatal(err)
+	}
+	h.store.putSpare(&e, draining)
+	h.store.mu.Lock()
+	open := h.store.open
+	h.store.mu.Unlock()
+	if open != 0 {
+		t.Fatalf("%d descriptors open after Destruct, want 0", open)
+	}
+	if _, err := draining.Stat(); !errors.Is(err, os.ErrClosed) {
+		t.Fatalf("a draining request's descriptor was kept: Stat says %v", err)
+	}
+}
+
 // TestEntryRemovedByHandIsFetchedAgain checks that an entry file deleted
 // from the cache directory by hand (rm -rf to clear the cache) is not
 // served on from the descriptor a previous hit left open: the next request

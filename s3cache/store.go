@@ -63,7 +63,7 @@ type store struct {
 	mappings map[keyMapping]int // sites using the store, with a use count
 	gen      uint64             // last entry generation handed out
 	open     int                // entry files kept open
-	maxOpen  int                // bound on open
+	maxOpen  int                // bound on open; 0 once the store is destructed
 	tmpSeq   uint64
 	stats    storeStats
 
@@ -293,6 +293,9 @@ func (s *store) Destruct() error {
 	for _, e := range s.entries {
 		s.doomFileLocked(e)
 	}
+	// Requests of the old config still draining keep nothing open
+	// from here on: their descriptors are closed when they are done.
+	s.maxOpen = 0
 	s.mu.Unlock()
 	return nil
 }
