@@ -255,23 +255,10 @@ func (h *Handler) serveEntry(w http.ResponseWriter, r *http.Request, e *entry, c
 		file = h.store.adoptFile(e, f)
 	}
 	defer h.store.releaseFile(file)
-	info, err := file.f.Stat()
-	if err != nil {
-		return errEntryGone
-	}
-	if unlinked(info) {
-		h.store.forget(e)
-		return errEntryGone
-	}
-	if id := identityOf(info); id != file.id {
-		// Loaded at startup, replaced since the lookup, or written to
-		// on disk: check every block before a byte is sent, so such a
-		// file is answered from S3 rather than cut off midway.
-		if err := checkAllBlocks(file.f, &e.meta, info.Size()); err != nil {
-			h.store.discardCorrupt(e.path, err)
-			return errEntryGone
-		}
-		h.store.markKnown(e, id)
+	// Blocks are checked as they are sent, so only a file that is not
+	// the one last checked in full is checked now.
+	if err := h.checkBeforeHit(e, file.f, 0); err != nil {
+		return err
 	}
 	body := &checkedBody{f: file.f, meta: &e.meta, store: h.store, path: e.path}
 	return h.respondStored(w, r, &e.meta, cacheStatus, body)
@@ -293,10 +280,9 @@ func canSendfile(r *http.Request) bool {
 
 // serveEntryDirect answers from a committed entry through directBody. The
 // descriptor is the request's own, from the entry's pool of spares or
-// opened now, and goes back to the pool when the answer is sent. If the
-// file is not the one last checked in full (its identity differs: written
-// to on disk, or replaced since the lookup) or that check is older than
-// reverifyInterval, every block is checked before the status line.
+// opened now, and goes back to the pool when the answer is sent. Blocks
+// are not checked as they are sent, so the file is trusted only for
+// reverifyInterval after its last full check (checkBeforeHit).
 func (h *Handler) serveEntryDirect(w http.ResponseWriter, r *http.Request, e *entry, cacheStatus string) error {
 	f := h.store.takeSpare(e)
 	if f == nil {
@@ -305,26 +291,42 @@ func (h *Handler) serveEntryDirect(w http.ResponseWriter, r *http.Request, e *en
 			return errEntryGone // evicted or purged since the lookup
 		}
 	}
-	info, err := f.Stat()
-	if err != nil || unlinked(info) {
+	if err := h.checkBeforeHit(e, f, reverifyInterval); err != nil {
 		f.Close()
-		h.store.forget(e)
-		return errEntryGone
-	}
-	if id := identityOf(info); id != e.known || time.Since(e.verifiedAt) >= reverifyInterval {
-		if err := checkAllBlocks(f, &e.meta, info.Size()); err != nil {
-			f.Close()
-			h.store.discardCorrupt(e.path, err)
-			return errEntryGone
-		}
-		h.store.markKnown(e, id)
+		return err
 	}
 	body := &directBody{checked: checkedBody{f: f, meta: &e.meta, store: h.store, path: e.path}}
-	err = h.respondStored(w, r, &e.meta, cacheStatus, body)
+	err := h.respondStored(w, r, &e.meta, cacheStatus, body)
 	// A block that failed its check removed the entry: putSpare then
 	// closes f rather than pooling it.
 	h.store.putSpare(e, f)
 	return err
+}
+
+// checkBeforeHit makes sure f, an open descriptor of the entry snapshot
+// e's file, may be answered from. A file removed by hand drops the entry.
+// A file that is not the one last checked in full (its identity differs:
+// found on disk at startup, replaced since the lookup, or written to on
+// disk) or, with a trust window, whose last full check is older than it,
+// has every block checked now, before a byte is sent, so such a file is
+// answered from S3 rather than cut off midway; a failure removes it. It
+// returns errEntryGone when the caller must go to S3.
+func (h *Handler) checkBeforeHit(e *entry, f *os.File, trustFor time.Duration) error {
+	info, err := f.Stat()
+	if err != nil || unlinked(info) {
+		h.store.forget(e)
+		return errEntryGone
+	}
+	id := identityOf(info)
+	if id == e.known && (trustFor == 0 || time.Since(e.verifiedAt) < trustFor) {
+		return nil
+	}
+	if err := checkAllBlocks(f, &e.meta, info.Size()); err != nil {
+		h.store.discardCorrupt(e.path, err)
+		return errEntryGone
+	}
+	h.store.markKnown(e, id)
+	return nil
 }
 
 // checkAllBlocks checks an entry file against the index: its size, its

@@ -202,13 +202,12 @@ func (s *store) forget(e *entry) {
 
 // openFile is an entry file kept open for its hits. Bodies are read with
 // pread, so one descriptor serves any number of concurrent requests, and
-// a hit costs no open, fstat or close. Its fields are guarded by store.mu.
+// a hit costs no open or close. Its fields are guarded by store.mu.
 type openFile struct {
 	f       *os.File
 	users   int  // requests reading it now
 	doomed  bool // its entry is gone: close when the last user is done
 	counted bool // counts against maxOpenFiles
-	id      fileIdentity
 }
 
 // markKnown records that the entry snapshot e's file, with identity id,
@@ -218,9 +217,6 @@ func (s *store) markKnown(e *entry, id fileIdentity) {
 	defer s.mu.Unlock()
 	if cur, ok := s.entries[e.meta.Key]; ok && cur.gen == e.gen {
 		cur.known, cur.verifiedAt = id, time.Now()
-		if cur.file != nil {
-			cur.file.id = id
-		}
 	}
 }
 
@@ -458,7 +454,7 @@ func (s *store) closeFileLocked(of *openFile) {
 // entry is still current and the bound on open files allows; the returned
 // openFile has the caller as a user either way.
 func (s *store) adoptFile(e *entry, f *os.File) *openFile {
-	of := &openFile{f: f, users: 1, id: e.known}
+	of := &openFile{f: f, users: 1}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	cur, ok := s.entries[e.meta.Key]
