@@ -60,6 +60,9 @@ func parseDirective(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_object_size <size>
 //		lock on|off
 //		lock_timeout <duration>
+//		slice <size>
+//		fill_ahead <size>
+//		fill_parallel <n>
 //		max_concurrent_fills <n>|off
 //		fill_queue_timeout <duration>
 //		etag_check on|off
@@ -147,6 +150,14 @@ func Unmarshal(d *caddyfile.Dispenser, h *s3cache.Handler) error {
 			h.DisableLock = !on
 		case "lock_timeout":
 			h.LockTimeout, err = durationArg(d)
+		case "slice":
+			if h.Slice, err = sizeArg(d); err == nil && (h.Slice < 64<<10 || h.Slice > 64<<20 || h.Slice%(64<<10) != 0) {
+				return d.Errf("s3_media_cache: slice: %d bytes is not a multiple of 64KiB between 64KiB and 64MiB (try 1MiB)", h.Slice)
+			}
+		case "fill_ahead":
+			h.FillAhead, err = sizeArg(d)
+		case "fill_parallel":
+			h.FillParallel, err = countArg(d, 1, 64)
 		case "max_concurrent_fills":
 			h.MaxConcurrentFills, err = fillLimitArg(d)
 		case "fill_queue_timeout":
@@ -275,6 +286,20 @@ func fillLimitArg(d *caddyfile.Dispenser) (int, error) {
 	n, err := strconv.Atoi(v)
 	if err != nil || n <= 0 {
 		return 0, d.Errf("s3_media_cache: max_concurrent_fills: invalid value %q (want a positive number of S3 requests, such as 64, or off)", v)
+	}
+	return n, nil
+}
+
+// countArg reads a whole number between lo and hi.
+func countArg(d *caddyfile.Dispenser, lo, hi int) (int, error) {
+	option := d.Val()
+	v, err := oneArg(d)
+	if err != nil {
+		return 0, err
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < lo || n > hi {
+		return 0, d.Errf("s3_media_cache: %s: invalid value %q (want a whole number from %d to %d)", option, v, lo, hi)
 	}
 	return n, nil
 }

@@ -98,15 +98,21 @@ func storeObject(t *testing.T, h *Handler, baseURL, key string) {
 	waitStored(t, h, key)
 }
 
-// waitStored waits for the fill of key to commit: its last reader can
-// finish a moment before the writer renames the file into place.
+// waitStored waits for the entry of key to be complete: its last reader
+// can finish a moment before the fill has checked the whole body and
+// marked the entry complete.
 func waitStored(tb testing.TB, h *Handler, key string) {
 	tb.Helper()
-	for range 500 {
-		if !h.store.inFlight(h.cacheKey(key)) {
+	ckey := h.cacheKey(key)
+	for range 1000 {
+		h.store.mu.Lock()
+		e, ok := h.store.entries[ckey]
+		complete := ok && e.complete
+		h.store.mu.Unlock()
+		if complete && !h.store.inFlight(ckey) {
 			return
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
-	tb.Fatalf("fill of %s did not finish", key)
+	tb.Fatalf("the entry of %s did not complete", key)
 }

@@ -3,24 +3,20 @@ package s3cache
 import (
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
 	"net/http"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"go.uber.org/zap"
 )
 
 // The rest of nginx's $upstream_cache_status vocabulary, used once the
 // cache is on (see headers.go for MISS and BYPASS).
 const (
-	cacheHit         = "HIT"         // a fresh entry
+	cacheHit         = "HIT"         // a fresh entry, with every byte the response needs on disk
 	cacheExpired     = "EXPIRED"     // an expired entry, replaced by a new download
 	cacheRevalidated = "REVALIDATED" // an expired entry, confirmed by S3 with a 304
 	cacheStale       = "STALE"       // an expired entry, served because S3 failed
@@ -28,9 +24,6 @@ const (
 )
 
 var (
-	// errCacheWrite ends a fill whose temp file could not be written
-	// (disk full, I/O error): its readers resume from S3 instead.
-	errCacheWrite     = errors.New("writing the cache failed")
 	errEntryGone      = errors.New("cache entry disappeared")
 	errCachedNotFound = errors.New("no such key (cached answer)")
 )
@@ -47,13 +40,13 @@ func (h *Handler) objectKeyOf(ckey string) string {
 	return strings.TrimPrefix(ckey, h.originCfg.bucket+"/")
 }
 
-// serveCached answers a request through the disk cache: a fresh entry is
-// served from disk; otherwise the request joins or starts the one fill of
-// the key, and is streamed from it.
+// serveCached answers a request through the disk cache: a fresh complete
+// entry is served from disk; anything else goes through the key's fill,
+// which fetches from S3 what the request needs and is not on disk.
 func (h *Handler) serveCached(w http.ResponseWriter, r *http.Request, key string) error {
 	ckey := h.cacheKey(key)
 	// Twice at most: the second lookup happens only when an entry was
-	// committed between the first one and joining the fill.
+	// stored between the first one and joining the fill.
 	for range 2 {
 		err := h.serveCachedOnce(w, r, ckey, key)
 		if !errors.Is(err, errEntryAppeared) {
@@ -63,120 +56,124 @@ func (h *Handler) serveCached(w http.ResponseWriter, r *http.Request, key string
 	return h.serveFromOrigin(w, r, key, cacheMiss)
 }
 
-var errEntryAppeared = errors.New("an entry was stored meanwhile")
-
 func (h *Handler) serveCachedOnce(w http.ResponseWriter, r *http.Request, ckey, key string) error {
 	now := time.Now()
 	e, found := h.store.lookup(ckey, now)
+	plan := planFor(r, key)
 	if found && isFresh(&e.meta, now) {
+		if !e.complete {
+			plan.base, plan.fresh = &e, true
+			return h.serveThroughFill(w, r, ckey, plan)
+		}
 		if err := h.serveEntry(w, r, &e, cacheHit); !errors.Is(err, errEntryGone) {
 			return err
 		}
 		found = false
 	}
-	if found && h.fresh.staleOn.onUpdating {
+	if found && e.complete && h.fresh.staleOn.onUpdating {
 		h.refreshInBackground(ckey, key, e)
 		if err := h.serveEntry(w, r, &e, cacheUpdating); !errors.Is(err, errEntryGone) {
 			return err
 		}
 		found = false
 	}
-	var stale *entry
 	if found {
-		stale = &e
+		plan.base = &e
 	}
-	return h.serveThroughFill(w, r, ckey, key, stale)
+	return h.serveThroughFill(w, r, ckey, plan)
+}
+
+// planFor says how a fill started by r learns its object: a HEAD for a
+// HEAD, or for a suffix Range (its first byte depends on the size), and
+// otherwise the slice holding the first byte r wants.
+func planFor(r *http.Request, key string) fillPlan {
+	plan := fillPlan{objectKey: key}
+	if r.Method == http.MethodHead {
+		plan.head = true
+		return plan
+	}
+	plan.firstByte, plan.head = firstByteWanted(r.Header.Get("Range"))
+	return plan
+}
+
+// firstByteWanted is the lowest first byte of a Range header's ranges (0
+// for none, or for a header that will be ignored), and whether it depends
+// on the object's size (a suffix range such as bytes=-500).
+func firstByteWanted(header string) (first int64, suffix bool) {
+	spec, ok := strings.CutPrefix(header, "bytes=")
+	if !ok {
+		return 0, false
+	}
+	first = -1
+	for part := range strings.SplitSeq(spec, ",") {
+		start, _, ok := strings.Cut(strings.TrimSpace(part), "-")
+		if !ok {
+			return 0, false
+		}
+		if start = strings.TrimSpace(start); start == "" {
+			return 0, true
+		}
+		n, err := parseDigits(start)
+		if err != nil {
+			return 0, false
+		}
+		if first < 0 || n < first {
+			first = n
+		}
+	}
+	return max(first, 0), false
 }
 
 // serveThroughFill joins the fill of ckey, starting it if none runs, and
 // answers from whatever it turns out to be.
-func (h *Handler) serveThroughFill(w http.ResponseWriter, r *http.Request, ckey, key string, stale *entry) error {
+func (h *Handler) serveThroughFill(w http.ResponseWriter, r *http.Request, ckey string, plan fillPlan) error {
 	word := cacheMiss
-	if stale != nil {
+	if plan.base != nil && !plan.fresh {
 		word = cacheExpired
 	}
 	if h.lockDisabled && h.store.inFlight(ckey) {
 		// Like proxy_cache_lock off: a concurrent request goes to S3
 		// on its own, and only the first one stores the object.
-		return h.serveFromOrigin(w, r, key, word)
+		return h.serveFromOrigin(w, r, plan.objectKey, word)
 	}
-	var seen time.Time
-	var validators *entryMeta
-	if stale != nil {
-		seen, validators = stale.meta.storedAt, &stale.meta
+	if plan.base == nil && h.store.passing(ckey, time.Now()) {
+		return h.serveFromOrigin(w, r, plan.objectKey, word)
 	}
-	f, started := h.store.joinOrStart(ckey, seen)
-	if f == nil {
-		return errEntryAppeared
+	f, since, err := h.store.joinFill(ckey, h.fills, plan)
+	if err != nil {
+		return err
 	}
-	defer f.release()
-	if started {
-		go h.runFill(f, key, validators)
-	}
-	if !h.waitReady(r, f, !started) {
-		// proxy_cache_lock_timeout: past it, a waiter goes to S3
-		// itself, uncached, rather than wait any longer for headers.
-		return h.serveFromOrigin(w, r, key, word)
+	defer f.leave()
+	select {
+	case <-f.ready:
+	case <-r.Context().Done():
+		return nil // nobody to answer
 	}
 
 	switch f.outcome {
-	case fillStreaming:
-		resume := func(off, n int64) (io.ReadCloser, error) {
-			return h.resumeFromOrigin(r, key, f.meta.ETag, off, n)
+	case fillOpen:
+		status := f.word
+		if plan.fresh {
+			// Found fresh: a HIT if every byte it sends is on disk,
+			// whoever started the fill it joined.
+			status = cacheHit
 		}
-		return h.respondStored(w, r, &f.meta, word, fillBody{f: f, ctx: r.Context(), resume: resume})
+		err := h.respondStored(w, r, &f.meta, status, fillBody{f: f, ctx: r.Context(), resume: h.resumer(r, plan.objectKey, f.meta.ETag), since: since})
+		return h.afterFillBody(w, r, plan, word, err)
 	case fillNegative:
 		h.policy.decorate(w.Header(), http.StatusNotFound, word, time.Now())
 		return caddyhttp.Error(http.StatusNotFound, errCachedNotFound)
-	case fillNotModified:
-		if e, ok := h.store.lookup(ckey, time.Now()); ok {
-			if err := h.serveEntry(w, r, &e, cacheRevalidated); !errors.Is(err, errEntryGone) {
-				return err
-			}
-		}
-		return h.serveFromOrigin(w, r, key, word)
 	case fillFailed:
-		if stale != nil && h.fresh.staleOn.allows(f.err) {
-			if err := h.serveEntry(w, r, stale, cacheStale); !errors.Is(err, errEntryGone) {
-				return err
-			}
-		}
-		return h.originFailure(w, f.err, word)
+		return h.staleOrFailure(w, r, plan.base, f.err, word)
 	default: // fillUncacheable
-		// The fill's own response goes to one waiter that wants it
-		// whole, as nginx gives an uncacheable response to the request
-		// that fetched it; the others ask S3 for exactly what they need.
 		if isPlainGet(r) {
 			if resp := f.takeOver(); resp != nil {
 				defer resp.body.Close()
-				return h.respondOrigin(w, r, key, word, resp)
+				return h.respondOrigin(w, r, plan.objectKey, word, resp)
 			}
 		}
-		return h.serveFromOrigin(w, r, key, word)
+		return h.serveFromOrigin(w, r, plan.objectKey, word)
 	}
-}
-
-// resumeFromOrigin fetches the rest of a body from S3 for a reader whose
-// fill could not be written to disk: bytes [off, off+n) of the same
-// version (If-Match on its ETag), so the client never notices.
-func (h *Handler) resumeFromOrigin(r *http.Request, key, etag string, off, n int64) (io.ReadCloser, error) {
-	req := originRequest{
-		key:       key,
-		rangeSpec: "bytes=" + strconv.FormatInt(off, 10) + "-" + strconv.FormatInt(off+n-1, 10),
-		ifMatch:   etag,
-	}
-	resp, err := h.origin.fetch(r.Context(), req)
-	if err != nil {
-		return nil, err
-	}
-	want := "bytes " + strconv.FormatInt(off, 10) + "-"
-	if resp.status != http.StatusPartialContent || resp.body == nil || !strings.HasPrefix(resp.header.Get("Content-Range"), want) {
-		if resp.body != nil {
-			resp.body.Close()
-		}
-		return nil, fmt.Errorf("resuming from S3: got status %d", resp.status)
-	}
-	return resp.body, nil
 }
 
 // isPlainGet reports whether r wants the whole object, unconditionally.
@@ -192,50 +189,88 @@ func isPlainGet(r *http.Request) bool {
 	return true
 }
 
-// waitReady waits for the fill's headers: at most lock_timeout for a
-// waiter, as long as the fill takes (bounded by first_byte_timeout) for the
-// request that started it, which, as in nginx, holds the lock and is not
-// sent to S3 a second time.
-func (h *Handler) waitReady(r *http.Request, f *fill, isWaiter bool) bool {
-	select {
-	case <-f.ready:
-		return true
-	default:
+// afterFillBody handles a response from a fill whose first bytes could
+// not be had: nothing has been written yet, so the client still gets a
+// status of its own.
+func (h *Handler) afterFillBody(w http.ResponseWriter, r *http.Request, plan fillPlan, word string, err error) error {
+	if !errors.Is(err, errEntryGone) {
+		return err
 	}
-	if !isWaiter {
-		select {
-		case <-f.ready:
-			return true
-		case <-r.Context().Done():
-			return false
+	switch {
+	case errors.Is(err, errClientGone):
+		return nil
+	case errors.Is(err, errCorruptEntry), errors.Is(err, errObjectChanged), errors.Is(err, errCacheWrite):
+		// The entry went bad, or the object changed: S3 directly.
+		return h.serveFromOrigin(w, r, plan.objectKey, word)
+	default:
+		// The slice's fetch failed: the client gets the failure (or
+		// the stale copy) once, and S3 is not asked again for it.
+		return h.staleOrFailure(w, r, plan.base, asOriginError(err), word)
+	}
+}
+
+// asOriginError describes a failed slice fetch as the failure of an S3
+// request, for its status: 504 for a body that stalled past read_timeout,
+// 502 for one that broke.
+func asOriginError(err error) error {
+	var oe *originError
+	switch {
+	case errors.As(err, &oe):
+		return err
+	case isTimeout(err):
+		return &originError{status: http.StatusGatewayTimeout, timeout: true, op: "GetObject", reason: "the body stalled past read_timeout"}
+	default:
+		return &originError{status: http.StatusBadGateway, op: "GetObject", reason: "the body broke: " + bodyFailureReason(err)}
+	}
+}
+
+// staleOrFailure answers a failed S3 fetch with the stale copy when
+// use_stale allows it, else with the failure's status.
+func (h *Handler) staleOrFailure(w http.ResponseWriter, r *http.Request, stale *entry, err error, word string) error {
+	if stale != nil && stale.complete && h.fresh.staleOn.allows(err) {
+		if err := h.serveEntry(w, r, stale, cacheStale); !errors.Is(err, errEntryGone) {
+			return err
 		}
 	}
-	timer := time.NewTimer(h.lockTimeout)
-	defer timer.Stop()
-	select {
-	case <-f.ready:
-		return true
-	case <-timer.C:
-		return false
-	case <-r.Context().Done():
-		return false
+	return h.originFailure(w, err, word)
+}
+
+// resumer returns how a reader of a fill reads part of the object from S3
+// itself: bytes [off, off+n) of the same version (If-Match on its ETag),
+// so the client never notices.
+func (h *Handler) resumer(r *http.Request, key, etag string) func(off, n int64) (io.ReadCloser, error) {
+	return func(off, n int64) (io.ReadCloser, error) {
+		return h.resumeFromOrigin(r, key, etag, off, n)
 	}
+}
+
+func (h *Handler) resumeFromOrigin(r *http.Request, key, etag string, off, n int64) (io.ReadCloser, error) {
+	req := originRequest{key: key, rangeSpec: rangeSpec(off, n), ifMatch: etag}
+	resp, err := h.origin.fetch(r.Context(), req)
+	if err != nil {
+		return nil, err
+	}
+	first, last, _, ok := parseContentRange(resp.header.Get("Content-Range"))
+	ok = ok && first == off && last == off+n-1 && resp.header.Get("Content-Length") == strconv.FormatInt(n, 10)
+	if resp.status != http.StatusPartialContent || resp.body == nil || !ok {
+		if resp.body != nil {
+			resp.body.Close()
+		}
+		return nil, fmt.Errorf("resuming from S3: got status %d", resp.status)
+	}
+	return resp.body, nil
 }
 
 // refreshInBackground starts one refresh of an expired entry, unless one
 // runs already, for use_stale updating.
 func (h *Handler) refreshInBackground(ckey, key string, stale entry) {
-	f, started := h.store.joinOrStart(ckey, stale.meta.storedAt)
-	if f == nil {
-		return // refreshed meanwhile
-	}
-	f.release() // nobody reads this fill here
-	if started {
-		go h.runFill(f, key, &stale.meta)
+	f, _, err := h.store.joinFill(ckey, h.fills, fillPlan{objectKey: key, base: &stale})
+	if err == nil {
+		f.leave() // nobody reads this fill here; its fetch goes on
 	}
 }
 
-// serveEntry answers from a committed entry. It returns errEntryGone when
+// serveEntry answers from a complete entry. It returns errEntryGone when
 // the entry vanished or failed its checks, for the caller to go to S3.
 func (h *Handler) serveEntry(w http.ResponseWriter, r *http.Request, e *entry, cacheStatus string) error {
 	if e.meta.Status == http.StatusNotFound {
@@ -260,7 +295,7 @@ func (h *Handler) serveEntry(w http.ResponseWriter, r *http.Request, e *entry, c
 	if err := h.checkBeforeHit(e, file.f, 0); err != nil {
 		return err
 	}
-	body := &checkedBody{f: file.f, meta: &e.meta, store: h.store, path: e.path}
+	body := &checkedBody{f: file.f, entry: e, store: h.store}
 	return h.respondStored(w, r, &e.meta, cacheStatus, body)
 }
 
@@ -278,7 +313,7 @@ func canSendfile(r *http.Request) bool {
 	return r.TLS == nil && r.ProtoMajor == 1
 }
 
-// serveEntryDirect answers from a committed entry through directBody. The
+// serveEntryDirect answers from a complete entry through directBody. The
 // descriptor is the request's own, from the entry's pool of spares or
 // opened now, and goes back to the pool when the answer is sent. Blocks
 // are not checked as they are sent, so the file is trusted only for
@@ -295,7 +330,7 @@ func (h *Handler) serveEntryDirect(w http.ResponseWriter, r *http.Request, e *en
 		f.Close()
 		return err
 	}
-	body := &directBody{checked: checkedBody{f: f, meta: &e.meta, store: h.store, path: e.path}}
+	body := &directBody{checked: checkedBody{f: f, entry: e, store: h.store}}
 	err := h.respondStored(w, r, &e.meta, cacheStatus, body)
 	// A block that failed its check removed the entry: putSpare then
 	// closes f rather than pooling it.
@@ -322,15 +357,15 @@ func (h *Handler) checkBeforeHit(e *entry, f *os.File, trustFor time.Duration) e
 		return nil
 	}
 	if err := checkAllBlocks(f, &e.meta, info.Size()); err != nil {
-		h.store.discardCorrupt(e.path, err)
+		h.store.discardCorrupt(e, err)
 		return errEntryGone
 	}
 	h.store.markKnown(e, id)
 	return nil
 }
 
-// checkAllBlocks checks an entry file against the index: its size, its
-// header, and every block of its body.
+// checkAllBlocks checks a complete entry file against the index: its
+// size, its header, and every block of its body.
 func checkAllBlocks(f *os.File, m *entryMeta, size int64) error {
 	if size != m.fileSize() {
 		return fmt.Errorf("%w: file is %d bytes, index says %d", errCorruptEntry, size, m.fileSize())
@@ -339,10 +374,10 @@ func checkAllBlocks(f *os.File, m *entryMeta, size int64) error {
 	if err != nil {
 		return err
 	}
-	if onDisk.Key != m.Key || onDisk.bodyLen != m.bodyLen || onDisk.tableCRC != m.tableCRC {
+	if onDisk.Key != m.Key || onDisk.bodyLen != m.bodyLen || onDisk.sliceLen != m.sliceLen || onDisk.metaLen != m.metaLen {
 		return fmt.Errorf("%w: header does not match the index", errCorruptEntry)
 	}
-	cr := &checkedReader{body: &checkedBody{f: f, meta: m}, end: m.bodyLen}
+	cr := &checkedReader{body: &checkedBody{f: f, entry: &entry{meta: *m}}, end: m.bodyLen}
 	defer cr.release()
 	for block := int64(0); block < m.blockCount(); block++ {
 		if err := cr.load(block); err != nil {
@@ -352,7 +387,8 @@ func checkAllBlocks(f *os.File, m *entryMeta, size int64) error {
 	return nil
 }
 
-// originFailure answers a failed S3 fetch with its status (404, 502, 504).
+// originFailure answers a failed S3 fetch with its status (404, 502, 503,
+// 504).
 func (h *Handler) originFailure(w http.ResponseWriter, err error, cacheStatus string) error {
 	status := http.StatusBadGateway
 	var oe *originError
@@ -367,258 +403,4 @@ func (h *Handler) originFailure(w http.ResponseWriter, err error, cacheStatus st
 	}
 	h.policy.decorate(w.Header(), status, cacheStatus, time.Now())
 	return caddyhttp.Error(status, err)
-}
-
-// runFill performs the one S3 fetch of a fill and publishes its outcome.
-// It runs in the store's context: the request that started it may be
-// long gone. stale, when set, makes it a revalidation.
-func (h *Handler) runFill(f *fill, key string, stale *entryMeta) {
-	defer f.release() // the writer's reference
-	req := originRequest{key: key}
-	if stale != nil && h.fresh.revalidate {
-		req.ifNoneMatch = stale.ETag
-		if req.ifNoneMatch == "" {
-			req.ifModifiedSince = parseHTTPDate(stale.LastModified)
-		}
-	}
-	resp, err := h.origin.fetch(h.store.ctx, req)
-	now := time.Now()
-	if err != nil {
-		var oe *originError
-		if errors.As(err, &oe) && oe.status == http.StatusNotFound {
-			if ttl, ok := h.fresh.lifetime(http.StatusNotFound, nil, now); ok {
-				if m, err := h.storeNegative(f, now, ttl); err == nil {
-					f.settle(fillNegative, m, nil)
-					return
-				}
-			}
-		}
-		h.store.endFill(f)
-		f.settle(fillFailed, entryMeta{}, err)
-		return
-	}
-	defer func() {
-		// Unless a waiter took the response over (see passOn).
-		if resp.body != nil && !f.handsOver(resp) {
-			resp.body.Close()
-		}
-	}()
-
-	switch {
-	case resp.status == http.StatusNotModified && stale != nil:
-		// A 304 should repeat the object's freshness headers; when S3
-		// does not, the ones stored with the entry still apply.
-		fresh := resp.header
-		if fresh.Get("Cache-Control") == "" && fresh.Get("Expires") == "" {
-			fresh = http.Header{}
-			if stale.UpstreamCacheControl != "" {
-				fresh.Set("Cache-Control", stale.UpstreamCacheControl)
-			}
-			if stale.UpstreamExpires != "" {
-				fresh.Set("Expires", stale.UpstreamExpires)
-			}
-		}
-		ttl, ok := h.fresh.lifetime(http.StatusOK, fresh, now)
-		if v, set := h.fresh.validFor[http.StatusNotModified]; set {
-			ttl, ok = v, v > 0
-		}
-		if !ok {
-			ttl = 0
-		}
-		if err := h.store.refresh(f.key, now, now.Add(ttl)); err != nil {
-			h.logger.Warn("could not refresh revalidated entry; serving from S3", zap.String("key", key), zap.Error(err))
-			h.store.endFill(f)
-			f.settle(fillUncacheable, entryMeta{}, nil)
-			return
-		}
-		h.store.endFill(f)
-		f.settle(fillNotModified, entryMeta{}, nil)
-	case resp.status == http.StatusOK && resp.body != nil:
-		h.streamToStore(f, key, resp, now)
-	default:
-		h.store.endFill(f)
-		f.settle(fillUncacheable, entryMeta{}, nil)
-	}
-}
-
-// bufferPool holds the copy buffers of fills: large enough that a 20 MB
-// object is a few hundred reads, allocated once.
-var bufferPool = sync.Pool{New: func() any { b := make([]byte, 128<<10); return &b }}
-
-// streamToStore writes a 200 body to a temp file that readers stream
-// from, then commits it as an entry. Anything that stops the object from
-// being stored before the body starts (no room, no Content-Length,
-// too large, no-store, a disk error) turns the fill into a pass-through
-// for every waiter; a disk error is logged, and requests keep working.
-func (h *Handler) streamToStore(f *fill, key string, resp *originResponse, now time.Time) {
-	ttl, cacheable := h.fresh.lifetime(http.StatusOK, resp.header, now)
-	size, err := strconv.ParseInt(resp.header.Get("Content-Length"), 10, 64)
-	if err != nil || size < 0 {
-		cacheable = false
-	}
-	m := metaFromUpstream(f.key, http.StatusOK, resp.header)
-	m.storedAt, m.expiresAt, m.bodyLen = now, now.Add(ttl), size
-	metaJSON, err := encodeMeta(&m)
-	if err != nil || !cacheable || size > h.maxObjectBytes {
-		h.store.endFill(f)
-		f.passOn(resp)
-		return
-	}
-	reserved := m.fileSize()
-	if !h.store.reserve(reserved) {
-		h.store.endFill(f)
-		f.passOn(resp)
-		return
-	}
-	tmp, err := h.writeEntryStart(&m, metaJSON)
-	if err != nil {
-		h.logger.Warn("cannot write to the cache; serving from S3 uncached", zap.Error(err))
-		h.store.unreserve(reserved)
-		h.store.endFill(f)
-		f.passOn(resp)
-		return
-	}
-	f.startStreaming(m, tmp)
-
-	crcs, heldBack, err := copyBody(f, tmp, resp.body, size)
-	if err == nil {
-		m.blockCRCs = crcs
-		if err := h.finishEntry(f, tmp, &m, reserved); err != nil {
-			// Readers get every byte all the same; only storing failed.
-			if errors.Is(err, errPurged) {
-				h.logger.Debug("fill purged while running; not stored", zap.String("key", key))
-			} else {
-				h.logger.Warn("cannot commit a cache entry; it will be fetched again", zap.String("key", key), zap.Error(err))
-			}
-			h.store.unreserve(reserved)
-			h.store.endFill(f)
-		}
-		// The last bytes are released only now, so a client that has
-		// read the whole object finds it stored on its next request.
-		f.advance(heldBack)
-		f.finish(nil)
-		return
-	}
-	if errors.Is(err, errCacheWrite) {
-		h.logger.Warn("cannot write to the cache (disk full?); readers continue from S3", zap.String("key", key), zap.Error(err))
-	}
-	h.store.unreserve(reserved)
-	h.store.endFill(f)
-	f.finish(err)
-}
-
-// writeEntryStart creates the temp file and writes the header, the
-// metadata and room for the block table, which finishEntry fills in: the
-// body is then appended where it belongs.
-func (h *Handler) writeEntryStart(m *entryMeta, metaJSON []byte) (*os.File, error) {
-	tmp, err := h.store.newTempFile()
-	if err != nil {
-		return nil, err
-	}
-	start := slices.Concat(encodeFixedHeader(m), metaJSON, make([]byte, m.bodyOffset()-m.tableOffset()))
-	if _, err := tmp.Write(start); err != nil {
-		tmp.Close()
-		os.Remove(tmp.Name())
-		return nil, err
-	}
-	return tmp, nil
-}
-
-// copyBody copies exactly size bytes from S3 to the temp file, making each
-// chunk visible to readers as soon as it is written, except the last one,
-// which it returns the length of for the caller to release after the
-// commit. It returns the CRC-32C of each block of the body. A short body is
-// an error: S3 promised size bytes.
-func copyBody(f *fill, tmp *os.File, body io.Reader, size int64) (crcs []uint32, heldBack int64, err error) {
-	bufp := bufferPool.Get().(*[]byte)
-	defer bufferPool.Put(bufp)
-	buf := *bufp
-	crcs = make([]uint32, 0, (size+blockSize-1)/blockSize)
-	var blockCRC uint32
-	var total int64
-	for {
-		n, rerr := body.Read(buf)
-		if n > 0 {
-			if total+int64(n) > size {
-				return nil, 0, fmt.Errorf("S3 sent more than its Content-Length")
-			}
-			if _, err := tmp.Write(buf[:n]); err != nil {
-				return nil, 0, fmt.Errorf("%w: %w", errCacheWrite, err)
-			}
-			// Checksum block by block, across read boundaries.
-			for chunk := buf[:n]; len(chunk) > 0; {
-				room := blockSize - int(total%blockSize)
-				part := chunk[:min(room, len(chunk))]
-				blockCRC = crc32.Update(blockCRC, castagnoli, part)
-				total += int64(len(part))
-				chunk = chunk[len(part):]
-				if total%blockSize == 0 || total == size {
-					crcs = append(crcs, blockCRC)
-					blockCRC = 0
-				}
-			}
-			if total < size {
-				f.advance(int64(n))
-			} else {
-				heldBack = int64(n)
-			}
-		}
-		if rerr == io.EOF || (rerr == nil && total == size && n == 0) {
-			break
-		}
-		if rerr != nil {
-			return nil, 0, rerr
-		}
-	}
-	if total != size {
-		return nil, 0, io.ErrUnexpectedEOF
-	}
-	return crcs, heldBack, nil
-}
-
-// finishEntry writes the block table, records its checksum in the
-// header, and commits the file.
-func (h *Handler) finishEntry(f *fill, tmp *os.File, m *entryMeta, reserved int64) error {
-	table := encodeBlockTable(m)
-	if _, err := tmp.WriteAt(table, m.tableOffset()); err != nil {
-		return fmt.Errorf("%w: writing block table: %w", errCacheWrite, err)
-	}
-	if _, err := tmp.WriteAt(encodeFixedHeader(m), 0); err != nil {
-		return fmt.Errorf("%w: writing entry header: %w", errCacheWrite, err)
-	}
-	info, err := tmp.Stat()
-	if err != nil {
-		return err
-	}
-	return h.store.commit(f, tmp.Name(), *m, identityOf(info), reserved)
-}
-
-// storeNegative caches S3's "no such key" for ttl, as an entry without a
-// body, so a scan of missing keys does not become a scan of the bucket.
-func (h *Handler) storeNegative(f *fill, now time.Time, ttl time.Duration) (entryMeta, error) {
-	m := entryMeta{Key: f.key, Status: http.StatusNotFound, storedAt: now, expiresAt: now.Add(ttl)}
-	encodeBlockTable(&m) // empty, but its CRC goes in the header
-	metaJSON, err := encodeMeta(&m)
-	if err != nil {
-		return m, err
-	}
-	if !h.store.reserve(m.fileSize()) {
-		return m, errors.New("no room for a negative entry")
-	}
-	tmp, err := h.writeEntryStart(&m, metaJSON)
-	if err != nil {
-		h.store.unreserve(m.fileSize())
-		return m, err
-	}
-	info, err := tmp.Stat()
-	tmp.Close()
-	if err == nil {
-		err = h.store.commit(f, tmp.Name(), m, identityOf(info), m.fileSize())
-	}
-	if err != nil {
-		h.store.unreserve(m.fileSize())
-		os.Remove(tmp.Name())
-		return m, err
-	}
-	return m, nil
 }

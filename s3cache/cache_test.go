@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"hash/crc32"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -67,10 +66,11 @@ func objectBytes(n int) []byte {
 	return b
 }
 
-// servingOrigin answers every fetch with data, whole.
+// servingOrigin answers every fetch as S3 would for an object holding
+// data (see answerFor).
 func servingOrigin(data []byte) *scriptedOrigin {
-	return &scriptedOrigin{respond: func(originRequest) (*originResponse, error) {
-		return okResponse(data, io.NopCloser(bytes.NewReader(data))), nil
+	return &scriptedOrigin{respond: func(req originRequest) (*originResponse, error) {
+		return answerFor(data, req, nil), nil
 	}}
 }
 
@@ -78,8 +78,8 @@ func okResponse(data []byte, body io.ReadCloser) *originResponse {
 	return &originResponse{status: 200, header: http.Header{
 		"Content-Length": {strconv.Itoa(len(data))},
 		"Content-Type":   {"video/mp4"},
-		"Etag":           {`"v1"`},
-		"Last-Modified":  {"Wed, 25 Nov 2026 10:00:00 GMT"},
+		"Etag":           {testETag},
+		"Last-Modified":  {testLastModified},
 	}, body: body}
 }
 
@@ -101,6 +101,7 @@ func newCachedHandler(t *testing.T, o origin, dir string, configure func(*Handle
 	if err := h.openCache(dir); err != nil {
 		t.Fatal(err)
 	}
+	h.buildFillRules()
 	t.Cleanup(func() { releaseStore(dir) })
 	waitLoaded(t, h.store)
 	return h
@@ -262,17 +263,46 @@ func TestFillFailureAbortsReadersAndStoresNothing(t *testing.T) {
 	h := newCachedHandler(t, o, dir, nil)
 	srv := serve(t, h)
 	resp, err := http.Get(srv.URL + "/v/a.mp4")
+	status := 0
 	if err == nil {
+		status = resp.StatusCode
 		_, err = io.ReadAll(resp.Body)
 		resp.Body.Close()
 	}
-	if err == nil {
-		t.Fatal("a fill that broke mid-body produced a complete response")
+	// A cut transfer, or, if the break came before the client's first
+	// byte, a clean 502.
+	if err == nil && status != http.StatusBadGateway {
+		t.Fatalf("a fill that broke mid-body produced a complete %d", status)
 	}
-	if _, ok := h.store.lookup(h.cacheKey("v/a.mp4"), time.Now()); ok {
-		t.Fatal("a broken fill was stored")
+	wantNoBodyStored(t, h, "v/a.mp4")
+}
+
+// slicesOnDisk reads the entry file of key as the loader would, and
+// returns how many of its slices are present, and how many it has.
+func slicesOnDisk(t *testing.T, h *Handler, key string) (present, total int) {
+	t.Helper()
+	ef, err := readEntryFile(h.store.entryPath(h.cacheKey(key)))
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, 0
 	}
-	assertNoEntryFiles(t, dir)
+	if err != nil {
+		t.Fatalf("reading the entry file of %s: %v", key, err)
+	}
+	return ef.table.count(), len(ef.table.present)
+}
+
+// wantNoBodyStored checks that no byte of key's body is in the cache: no
+// slice present on disk, and no complete entry in the index. (An entry
+// may remain with the object's metadata alone.)
+func wantNoBodyStored(t *testing.T, h *Handler, key string) {
+	t.Helper()
+	time.Sleep(20 * time.Millisecond) // let the fill's workers finish
+	if present, _ := slicesOnDisk(t, h, key); present != 0 {
+		t.Fatalf("%d slices of %s on disk, want none", present, key)
+	}
+	if e, ok := h.store.lookup(h.cacheKey(key), time.Now()); ok && e.complete {
+		t.Fatalf("%s is indexed as complete", key)
+	}
 }
 
 func TestHitAnswersRangesConditionalsAndHead(t *testing.T) {
@@ -548,62 +578,6 @@ func TestOversizedObjectIsPassedThrough(t *testing.T) {
 	assertNoEntryFiles(t, dir)
 }
 
-func TestEntryFileRoundTrip(t *testing.T) {
-	body := objectBytes(blockSize + 100) // two blocks
-	m := metaFromUpstream("b/a.png", 200, http.Header{"Content-Type": {"image/png"}, "Etag": {`"x"`}})
-	m.storedAt = time.Unix(100, 5)
-	m.expiresAt = time.Unix(200, 7)
-	m.bodyLen = int64(len(body))
-	m.blockCRCs = []uint32{crc32.Checksum(body[:blockSize], castagnoli), crc32.Checksum(body[blockSize:], castagnoli)}
-	table := encodeBlockTable(&m)
-	meta, err := encodeMeta(&m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	file := slices.Concat(encodeFixedHeader(&m), meta, table, body)
-	got, err := readEntryHeader(bytes.NewReader(file))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := readBlockTable(bytes.NewReader(file), &got); err != nil {
-		t.Fatal(err)
-	}
-	if got.Key != m.Key || got.ContentType != "image/png" || got.ETag != `"x"` || !got.expiresAt.Equal(m.expiresAt) ||
-		got.bodyLen != m.bodyLen || !slices.Equal(got.blockCRCs, m.blockCRCs) || got.fileSize() != int64(len(file)) {
-		t.Fatalf("round trip: %+v", got)
-	}
-	for _, i := range []int{0, 9, 20, 75, entryHeaderSize + 2, int(m.bodyOffset()) - 1} {
-		bad := bytes.Clone(file)
-		bad[i] ^= 0xff
-		m2, err := readEntryHeader(bytes.NewReader(bad))
-		if err == nil {
-			err = readBlockTable(bytes.NewReader(bad), &m2)
-		}
-		if !errors.Is(err, errCorruptEntry) {
-			t.Errorf("flipping byte %d: %v, want errCorruptEntry", i, err)
-		}
-	}
-}
-
-// FuzzReadEntryHeader checks that no byte string makes the decoder panic
-// or accept an entry whose fields are impossible.
-func FuzzReadEntryHeader(f *testing.F) {
-	m := entryMeta{Key: "k", Status: 200, bodyLen: 1, blockCRCs: []uint32{1}}
-	encodeBlockTable(&m)
-	meta, _ := encodeMeta(&m)
-	f.Add(append(append(encodeFixedHeader(&m), meta...), 'x'))
-	f.Add([]byte(entryMagic))
-	f.Fuzz(func(t *testing.T, b []byte) {
-		got, err := readEntryHeader(bytes.NewReader(b))
-		if err != nil {
-			return
-		}
-		if got.Key == "" || got.bodyLen < 0 || got.metaLen <= 0 || got.metaLen > maxMetaLen {
-			t.Fatalf("accepted impossible entry %+v", got)
-		}
-	})
-}
-
 func assertNoEntryFiles(t *testing.T, dir string) {
 	t.Helper()
 	time.Sleep(20 * time.Millisecond) // let the last reader release the temp file
@@ -786,7 +760,7 @@ func TestSendfileHitsReuseDescriptors(t *testing.T) {
 		h.store.mu.Lock()
 		defer h.store.mu.Unlock()
 		cur := h.store.entries[ckey]
-		h.store.insertLocked(ckey, cur.path, cur.meta, cur.meta.fileSize(), time.Now())
+		h.store.insertLocked(ckey, cur.path, cur.meta, true, cur.diskBytes, cur.id, time.Now())
 	}
 	storeAgain()
 	if _, open := spares(); open != 0 {
@@ -906,4 +880,129 @@ func damageBlock(t *testing.T, path string, off int64) {
 	if err := os.Chtimes(path, info.ModTime(), info.ModTime()); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestSliceTheCacheCannotTakeComesFromS3 gives the cache room for the
+// first slice of an object and not the second: the client still gets
+// every byte, the rest read from S3 directly with one ranged GET of the
+// same version, and only the slice that fitted is stored.
+func TestSliceTheCacheCannotTakeComesFromS3(t *testing.T) {
+	data := objectBytes(2<<20 + 100) // three slices
+	o := &scriptedOrigin{}
+	var resumes []originRequest
+	o.respond = func(req originRequest) (*originResponse, error) {
+		if o.calls.Load() > 1 {
+			resumes = append(resumes, req)
+		}
+		return answerFor(data, req, nil), nil
+	}
+	h := newCachedHandler(t, o, t.TempDir(), func(h *Handler) { h.MaxSize = 1<<20 + 2*bodyAlign })
+	srv := serve(t, h)
+	resp, body := get(t, srv.URL+"/v/a.mp4")
+	if resp.StatusCode != 200 || !bytes.Equal(body, data) {
+		t.Fatalf("got %d, %d bytes (equal %v); want the whole object", resp.StatusCode, len(body), bytes.Equal(body, data))
+	}
+	// The second slice, read directly, and the third (a few bytes that
+	// fit), fetched for the cache.
+	var ranges []string
+	for _, req := range resumes {
+		if req.ifMatch != testETag {
+			t.Errorf("%s without If-Match on the ETag", req.rangeSpec)
+		}
+		ranges = append(ranges, req.rangeSpec)
+	}
+	slices.Sort(ranges)
+	if want := []string{"bytes=1048576-2097151", "bytes=2097152-3145727"}; !slices.Equal(ranges, want) {
+		t.Fatalf("S3 requests after the first slice: %v; want %v", ranges, want)
+	}
+	time.Sleep(20 * time.Millisecond)
+	if present, total := slicesOnDisk(t, h, "v/a.mp4"); present != 2 || total != 3 {
+		t.Fatalf("%d of %d slices on disk, want the two that fitted", present, total)
+	}
+	if st := h.store.snapshot(); st.Bytes > h.MaxSize || st.ReservedBytes != 0 {
+		t.Fatalf("store at %d bytes (%d reserved), max_size %d", st.Bytes, st.ReservedBytes, h.MaxSize)
+	}
+}
+
+// TestSliceResumesAfterTheBlocksWritten breaks S3's answer for a slice
+// midway: the next fetch of that slice asks only for the bytes after the
+// whole blocks already written, in the same process and after a restart,
+// and the object comes out byte-exact.
+func TestSliceResumesAfterTheBlocksWritten(t *testing.T) {
+	data := objectBytes(3<<20 + 1000) // four slices
+	for _, restart := range []bool{false, true} {
+		t.Run(map[bool]string{false: "same process", true: "after a restart"}[restart], func(t *testing.T) {
+			var mu sync.Mutex
+			var ranges []string
+			broke := false
+			o := &scriptedOrigin{respond: func(req originRequest) (*originResponse, error) {
+				mu.Lock()
+				defer mu.Unlock()
+				ranges = append(ranges, req.rangeSpec)
+				// The first GET of slice 1 breaks after three and a half
+				// blocks.
+				if req.rangeSpec == "bytes=1048576-2097151" && !broke {
+					broke = true
+					return answerFor(data, req, func(b io.ReadCloser) io.ReadCloser {
+						return &failingAfter{r: b, left: 3*blockSize + blockSize/2}
+					}), nil
+				}
+				return answerFor(data, req, nil), nil
+			}}
+			dir := t.TempDir()
+			h := newCachedHandler(t, o, dir, nil)
+			srv := serve(t, h)
+			if _, _, err := fetch(http.DefaultClient, srv.URL+"/v/a.mp4"); err == nil {
+				t.Fatal("the transfer was not cut where S3's answer broke")
+			}
+			waitIdle(t, h, "v/a.mp4")
+			if restart {
+				releaseStore(dir)
+				h = newCachedHandler(t, o, dir, nil)
+				srv = serve(t, h)
+			}
+			mu.Lock()
+			ranges = nil
+			mu.Unlock()
+			resp, body := get(t, srv.URL+"/v/a.mp4")
+			if resp.StatusCode != 200 || !bytes.Equal(body, data) {
+				t.Fatalf("after the break: %d, %d bytes, equal %v", resp.StatusCode, len(body), bytes.Equal(body, data))
+			}
+			waitStored(t, h, "v/a.mp4")
+			mu.Lock()
+			defer mu.Unlock()
+			if !slices.Contains(ranges, "bytes=1245184-2097151") || slices.Contains(ranges, "bytes=1048576-2097151") {
+				t.Fatalf("S3 requests after the break: %v; want slice 1 asked from its fourth block on (bytes=1245184-2097151), not whole", ranges)
+			}
+		})
+	}
+}
+
+// failingAfter yields left bytes of r, then a connection reset.
+type failingAfter struct {
+	r    io.ReadCloser
+	left int
+}
+
+func (b *failingAfter) Read(p []byte) (int, error) {
+	if b.left <= 0 {
+		return 0, errors.New("connection reset by peer")
+	}
+	n, err := b.r.Read(p[:min(len(p), b.left)])
+	b.left -= n
+	return n, err
+}
+
+func (b *failingAfter) Close() error { return b.r.Close() }
+
+// waitIdle waits until no fill of key is running.
+func waitIdle(t *testing.T, h *Handler, key string) {
+	t.Helper()
+	for range 1000 {
+		if !h.store.inFlight(h.cacheKey(key)) {
+			return
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	t.Fatalf("the fill of %s did not end", key)
 }

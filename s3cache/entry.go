@@ -14,31 +14,49 @@ import (
 	"time"
 )
 
-// An entry file holds one cached response:
+// An entry file holds one cached response, possibly only some of its body:
 //
 //	fixed header  entryHeaderSize bytes, little endian, CRC-protected
 //	metadata      JSON, metaLen bytes, CRC-protected
-//	block table   one CRC-32C per blockSize bytes of body
-//	body          bodyLen bytes, exactly as S3 sent them, to the end of the file
+//	slice table   one record per slice of the body
+//	padding       to a page boundary, for bodies of more than one slice
+//	body          bodyLen bytes at their offsets, to the end of the file
+//
+// The body is cut into slices of sliceLen bytes (the last one shorter),
+// each fetched from S3 with a ranged GET of its own and written in place,
+// like nginx's slice module but in one file. The file is created at its
+// full size, so a slice not yet fetched is a hole that takes no disk. A
+// slice's record holds the CRC-32C of each blockSize bytes of it and a
+// seal; the record is written after the slice's bytes, so a slice counts
+// as present only once all of it is on disk, and a crash mid-slice leaves
+// a slice that is fetched again, never one served half-written.
 //
 // The fixed header holds what changes after the entry is written
 // (freshness times on revalidation) so it can be rewritten in place with
-// one small pwrite, like nginx's ngx_http_file_cache_update_header;
-// everything else is written once. The block table lets a read of the
-// body, whole or a range, be checked before a byte of it is sent: a
-// flipped bit on disk costs one block's CRC to notice, not a reread of the
-// object. The table comes before the body, its size known from S3's
-// Content-Length and filled in when the body is complete, so that the body
-// runs to the end of the file and a checked file can be handed to
-// sendfile(2) as it is (see directBody).
+// one small pwrite, like nginx's ngx_http_file_cache_update_header. The
+// block checksums let a read of the body, whole or a range, be checked
+// before a byte of it is sent. The body runs to the end of the file so a
+// complete entry can be handed to sendfile(2) as it is (see directBody).
 //
-// Version 2 kept the table after the body; such files fail the magic check
-// and are removed at load, which costs one S3 fetch each after an upgrade.
+// Version 3 stored whole bodies with one table for all blocks; such files
+// fail the magic check and are removed at load, which costs one fetch each
+// after an upgrade.
 const (
-	entryMagic      = "S3MCENT3"
-	entryHeaderSize = 8 + 4 + 4 + 8 + 8 + 8 + 4 + 4 + 24 + 4 // magic, metaLen, metaCRC, storedAt, expiresAt, bodyLen, blockSize, tableCRC, reserved, headerCRC
+	entryMagic      = "S3MCENT4"
+	entryHeaderSize = 8 + 4 + 4 + 8 + 8 + 8 + 4 + 4 + 24 + 4 // magic, metaLen, metaCRC, storedAt, expiresAt, bodyLen, blockSize, sliceLen, reserved, headerCRC
 	maxMetaLen      = 64 << 10
 	blockSize       = 64 << 10
+	// maxSliceLen bounds the slice size an entry file may claim, so a
+	// damaged header cannot make the loader allocate without bound.
+	maxSliceLen = 64 << 20
+	// sliceSealMagic marks a written slice record; a hole reads as zeros
+	// and so as "absent".
+	sliceSealMagic = "SLC1"
+	// bodyAlign is where the body of a multi-slice entry starts: slices
+	// then begin on page (and filesystem block) boundaries, so a slice
+	// not fetched yet stays a hole and one fetched takes exactly its
+	// blocks.
+	bodyAlign = 4096
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
@@ -56,6 +74,10 @@ type entryMeta struct {
 	ContentLanguage    string `json:"content_language,omitempty"`
 	ETag               string `json:"etag,omitempty"`
 	LastModified       string `json:"last_modified,omitempty"`
+	// ETagIsMD5: S3 defines the ETag as the body's MD5 (a one-part
+	// upload, not encrypted with KMS or a customer key), so a complete
+	// body is checked against it (etag_check).
+	ETagIsMD5 bool `json:"etag_md5,omitempty"`
 
 	// S3's own freshness headers, never sent to clients (the header
 	// policy sets ours), kept to recompute the lifetime when a
@@ -67,10 +89,13 @@ type entryMeta struct {
 	storedAt  time.Time
 	expiresAt time.Time
 	bodyLen   int64
-	blockCRCs []uint32 // CRC-32C of each blockSize bytes of body
-	tableCRC  uint32   // CRC-32C of the block table as stored
+	sliceLen  int64 // bytes per slice, a multiple of blockSize
 	metaLen   int
 	metaCRC   uint32
+
+	// blockCRCs is the CRC-32C of each blockSize bytes of body, for a
+	// complete entry only; a fill keeps those of a partial one.
+	blockCRCs []uint32
 	lengthStr string // bodyLen in decimal, kept for Content-Length on hits
 }
 
@@ -82,7 +107,7 @@ func (m *entryMeta) lengthOf(br byteRange) string {
 	return strconv.FormatInt(br.length, 10)
 }
 
-// tableOffset is where the block table starts in the entry file.
+// tableOffset is where the slice table starts in the entry file.
 func (m *entryMeta) tableOffset() int64 {
 	return int64(entryHeaderSize + m.metaLen)
 }
@@ -92,41 +117,138 @@ func (m *entryMeta) blockCount() int64 {
 	return (m.bodyLen + blockSize - 1) / blockSize
 }
 
-// bodyOffset is where the body starts in the entry file.
-func (m *entryMeta) bodyOffset() int64 {
-	return m.tableOffset() + 4*m.blockCount()
+// sliceCount is the number of slices of the body.
+func (m *entryMeta) sliceCount() int64 {
+	return (m.bodyLen + m.sliceLen - 1) / m.sliceLen
 }
 
-// fileSize is the exact size of a complete entry file.
+// blocksPerSlice is the number of blocks of a whole slice.
+func (m *entryMeta) blocksPerSlice() int64 {
+	return m.sliceLen / blockSize
+}
+
+// sliceSpan is the body offset and length of slice k.
+func (m *entryMeta) sliceSpan(k int64) (start, length int64) {
+	start = k * m.sliceLen
+	return start, min(m.sliceLen, m.bodyLen-start)
+}
+
+// sliceRecordLen is the size of one record of the slice table: a CRC per
+// block of a whole slice, the seal's magic and the seal's CRC.
+func (m *entryMeta) sliceRecordLen() int64 {
+	return 4*m.blocksPerSlice() + 8
+}
+
+// bodyOffset is where the body starts in the entry file.
+func (m *entryMeta) bodyOffset() int64 {
+	end := m.tableOffset() + m.sliceCount()*m.sliceRecordLen()
+	if m.sliceCount() > 1 {
+		end = (end + bodyAlign - 1) / bodyAlign * bodyAlign
+	}
+	return end
+}
+
+// fileSize is the exact size of an entry file, complete or not.
 func (m *entryMeta) fileSize() int64 {
 	return m.bodyOffset() + m.bodyLen
 }
 
-// encodeBlockTable renders the block table and records its CRC.
-func encodeBlockTable(m *entryMeta) []byte {
-	b := make([]byte, 4*len(m.blockCRCs))
-	for i, c := range m.blockCRCs {
+// blockCRCOffset is where the CRC of block i of slice k is in the entry
+// file: a fill writes it there as soon as the block is on disk, so a fill
+// stopped midway (a crash, S3 failing) can resume after it.
+func (m *entryMeta) blockCRCOffset(k, i int64) int64 {
+	return m.tableOffset() + k*m.sliceRecordLen() + 4*i
+}
+
+// encodeSliceRecord renders the record of slice k, whose blocks have the
+// checksums crcs.
+func encodeSliceRecord(m *entryMeta, k int64, crcs []uint32) []byte {
+	b := make([]byte, m.sliceRecordLen())
+	for i, c := range crcs {
 		binary.LittleEndian.PutUint32(b[4*i:], c)
 	}
-	m.tableCRC = crc32.Checksum(b, castagnoli)
+	n := len(b) - 8
+	copy(b[n:], sliceSealMagic)
+	binary.LittleEndian.PutUint32(b[n+4:], sliceSeal(m, k, b[:n+4]))
 	return b
 }
 
-// readBlockTable reads and checks the block table of an entry whose
-// header has been read.
-func readBlockTable(f io.ReaderAt, m *entryMeta) error {
-	b := make([]byte, 4*m.blockCount())
+// sliceSeal ties a record to its slice and to the body it belongs to, so a
+// record copied from another slice or entry does not pass.
+func sliceSeal(m *entryMeta, k int64, record []byte) uint32 {
+	var prefix [16]byte
+	binary.LittleEndian.PutUint64(prefix[:], uint64(k))
+	binary.LittleEndian.PutUint64(prefix[8:], uint64(m.bodyLen))
+	return crc32.Update(crc32.Checksum(prefix[:], castagnoli), castagnoli, record)
+}
+
+// sliceTable is what the slice table of an entry file says: which slices
+// are on disk, and the checksum of each block of those that are.
+type sliceTable struct {
+	present []bool
+	// written is, for a slice not present, how many of its bytes a fill
+	// had written when it stopped, in whole blocks whose CRCs it
+	// recorded: not checked against the data yet (see checkWritten).
+	written []int64
+	crcs    []uint32 // one per block of the body; zero where unknown
+}
+
+// count is the number of slices present.
+func (t *sliceTable) count() int {
+	n := 0
+	for _, p := range t.present {
+		if p {
+			n++
+		}
+	}
+	return n
+}
+
+// complete reports whether every slice is present.
+func (t *sliceTable) complete() bool {
+	return t.count() == len(t.present)
+}
+
+// readSliceTable reads the slice table of an entry whose header has been
+// read. A sealed record is a slice present. A record without a seal is a
+// slice not complete: the CRCs at its start are those of the blocks
+// written so far (a fill writes each as its block lands), which a fill
+// may check and resume from. A seal that does not match is damage, and the
+// entry is corrupt.
+func readSliceTable(f io.ReaderAt, m *entryMeta) (sliceTable, error) {
+	slices := m.sliceCount()
+	t := sliceTable{present: make([]bool, slices), written: make([]int64, slices), crcs: make([]uint32, m.blockCount())}
+	b := make([]byte, slices*m.sliceRecordLen())
 	if _, err := f.ReadAt(b, m.tableOffset()); err != nil {
-		return fmt.Errorf("%w: reading block table: %v", errCorruptEntry, err)
+		return t, fmt.Errorf("%w: reading slice table: %v", errCorruptEntry, err)
 	}
-	if crc32.Checksum(b, castagnoli) != m.tableCRC {
-		return fmt.Errorf("%w: block table checksum", errCorruptEntry)
+	perSlice := m.blocksPerSlice()
+	for k := range slices {
+		rec := b[k*m.sliceRecordLen() : (k+1)*m.sliceRecordLen()]
+		n := len(rec) - 8
+		first := k * perSlice
+		last := min(first+perSlice, m.blockCount())
+		sealed := string(rec[n:n+4]) == sliceSealMagic
+		switch {
+		case sealed && binary.LittleEndian.Uint32(rec[n+4:]) != sliceSeal(m, k, rec[:n+4]):
+			return t, fmt.Errorf("%w: the record of slice %d is damaged", errCorruptEntry, k)
+		case !sealed && !allZero(rec[n:]):
+			return t, fmt.Errorf("%w: the record of slice %d is damaged", errCorruptEntry, k)
+		}
+		for i := first; i < last; i++ {
+			crc := binary.LittleEndian.Uint32(rec[4*(i-first):])
+			if !sealed && crc == 0 {
+				break // the blocks written so far end here
+			}
+			t.crcs[i] = crc
+			if !sealed {
+				start, length := m.sliceSpan(k)
+				t.written[k] = min((i+1)*blockSize-start, length)
+			}
+		}
+		t.present[k] = sealed
 	}
-	m.blockCRCs = make([]uint32, len(b)/4)
-	for i := range m.blockCRCs {
-		m.blockCRCs[i] = binary.LittleEndian.Uint32(b[4*i:])
-	}
-	return nil
+	return t, nil
 }
 
 // metaFromUpstream records the headers of an S3 response that the cache
@@ -174,13 +296,27 @@ func encodeFixedHeader(m *entryMeta) []byte {
 	le.PutUint64(b[24:], uint64(m.expiresAt.UnixNano()))
 	le.PutUint64(b[32:], uint64(m.bodyLen))
 	le.PutUint32(b[40:], blockSize)
-	le.PutUint32(b[44:], m.tableCRC)
+	le.PutUint32(b[44:], uint32(m.sliceLen))
 	le.PutUint32(b[72:], crc32.ChecksumIEEE(b[:72]))
 	return b
 }
 
+// encodeEntryStart renders everything before the body of a new entry:
+// the fixed header, the metadata and an empty slice table, padded to the
+// body's offset.
+func encodeEntryStart(m *entryMeta) ([]byte, error) {
+	metaJSON, err := encodeMeta(m)
+	if err != nil {
+		return nil, err
+	}
+	b := make([]byte, m.bodyOffset())
+	copy(b, encodeFixedHeader(m))
+	copy(b[entryHeaderSize:], metaJSON)
+	return b, nil
+}
+
 // readEntryHeader reads and checks the fixed header and metadata of an
-// entry file. The block table and the body are checked separately.
+// entry file. The slice table and the body are checked separately.
 func readEntryHeader(f io.ReaderAt) (entryMeta, error) {
 	var m entryMeta
 	b := make([]byte, entryHeaderSize)
@@ -210,11 +346,18 @@ func readEntryHeader(f io.ReaderAt) (entryMeta, error) {
 	m.storedAt = time.Unix(0, int64(le.Uint64(b[16:])))
 	m.expiresAt = time.Unix(0, int64(le.Uint64(b[24:])))
 	m.bodyLen = int64(le.Uint64(b[32:]))
-	m.tableCRC = le.Uint32(b[44:])
-	if le.Uint32(b[40:]) != blockSize || m.bodyLen < 0 || m.bodyLen > 1<<50 || m.Key == "" || m.Status < 200 || m.Status > 599 {
+	m.sliceLen = int64(le.Uint32(b[44:]))
+	if le.Uint32(b[40:]) != blockSize || !validSliceLen(m.sliceLen) || m.bodyLen < 0 || m.bodyLen > 1<<50 ||
+		m.Key == "" || m.Status < 200 || m.Status > 599 {
 		return m, fmt.Errorf("%w: implausible fields", errCorruptEntry)
 	}
 	return m, nil
+}
+
+// validSliceLen reports whether n can be an entry's slice size: a whole
+// number of blocks, at most maxSliceLen.
+func validSliceLen(n int64) bool {
+	return n >= blockSize && n <= maxSliceLen && n%blockSize == 0
 }
 
 // rewriteFixedHeader updates an entry's freshness times in place, after a
@@ -230,4 +373,13 @@ func rewriteFixedHeader(path string, m *entryMeta) error {
 		err = cerr
 	}
 	return err
+}
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
 }

@@ -4,7 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"hash/crc32"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -12,43 +12,38 @@ import (
 	"time"
 )
 
-// entryFileFor lays out an entry file around meta (the JSON part, taken
-// as it is) and body, with correct checksums everywhere, using the
-// layout of entry.go. Only the metadata's CRC is computed here, the way
-// encodeMeta does; TestEntryFileForMatchesTheWriter keeps the two in step.
+// entryFileFor lays out a complete entry file around meta (the JSON
+// part, taken as it is) and body, with correct checksums everywhere, using
+// the layout of entry.go (layoutEntryFile), in slices of one block.
 func entryFileFor(meta, body []byte, storedAt, expiresAt time.Time) []byte {
-	m := entryMeta{bodyLen: int64(len(body)), storedAt: storedAt, expiresAt: expiresAt}
-	for off := 0; off < len(body); off += blockSize {
-		m.blockCRCs = append(m.blockCRCs, crc32.Checksum(body[off:min(off+blockSize, len(body))], castagnoli))
-	}
-	table := encodeBlockTable(&m)
-	m.metaLen, m.metaCRC = len(meta), crc32.ChecksumIEEE(meta)
-	file := make([]byte, m.fileSize())
-	copy(file, encodeFixedHeader(&m))
-	copy(file[entryHeaderSize:], meta)
-	copy(file[m.tableOffset():], table)
-	copy(file[m.bodyOffset():], body)
-	return file
+	m := entryMeta{storedAt: storedAt, expiresAt: expiresAt, sliceLen: blockSize}
+	return layoutEntryFile(&m, meta, body)
 }
 
 // loadEntry writes file to path and reads it back the way the loader
 // and a hit do: readEntryFile, then a checked read of length bytes of the
-// body from off.
+// body from off. An entry with a slice missing is an error here: the
+// file was written complete.
 func loadEntry(t *testing.T, path string, file []byte, off, length int64) (entryMeta, []byte, error) {
 	t.Helper()
 	if err := os.WriteFile(path, file, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	m, _, err := readEntryFile(path)
+	ef, err := readEntryFile(path)
 	if err != nil {
-		return m, nil, err
+		return ef.meta, nil, err
 	}
+	if !ef.table.complete() {
+		return ef.meta, nil, fmt.Errorf("%w: %d of %d slices present", errCorruptEntry, ef.table.count(), len(ef.table.present))
+	}
+	m := ef.meta
+	m.blockCRCs = ef.table.crcs
 	f, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	body := &checkedBody{f: f, meta: &m}
+	body := &checkedBody{f: f, entry: &entry{meta: m}}
 	section, err := body.section(off, length)
 	if err != nil {
 		return m, nil, err

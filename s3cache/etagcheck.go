@@ -84,3 +84,34 @@ func (b *md5CheckedBody) Read(p []byte) (int, error) {
 	}
 	return n, err
 }
+
+// etagDigest checks a body read back from an entry against its ETag, when
+// that is the body's MD5. It does nothing otherwise.
+type etagDigest struct {
+	want []byte
+	sum  hash.Hash
+}
+
+func newETagDigest(m *entryMeta, enabled bool) etagDigest {
+	if !enabled || !m.ETagIsMD5 {
+		return etagDigest{}
+	}
+	want, err := hex.DecodeString(strings.Trim(strings.TrimPrefix(m.ETag, "W/"), `"`))
+	if err != nil || len(want) != md5.Size {
+		return etagDigest{}
+	}
+	return etagDigest{want: want, sum: md5.New()}
+}
+
+func (d *etagDigest) write(p []byte) {
+	if d.sum != nil {
+		d.sum.Write(p)
+	}
+}
+
+func (d *etagDigest) check() error {
+	if d.sum != nil && !bytes.Equal(d.sum.Sum(nil), d.want) {
+		return errETagMismatch
+	}
+	return nil
+}

@@ -43,6 +43,9 @@ const (
 	defaultMaxObjectSize    = 1 << 30
 	defaultLockTimeout      = 5 * time.Second
 	defaultMaxFills         = 64
+	defaultSlice            = 1 << 20
+	defaultFillAhead        = 4 << 20
+	defaultFillParallel     = 4
 	defaultFillQueueTimeout = 5 * time.Second
 	defaultValid200         = 48 * time.Hour
 	defaultValid404         = time.Minute
@@ -124,10 +127,28 @@ type Handler struct {
 	// proxy_cache_lock off). Default: false (the lock is on).
 	DisableLock bool `json:"disable_lock,omitempty"`
 
-	// How long a request waits for the shared fetch's response headers
-	// before going to S3 on its own, uncached. Bytes are streamed as
-	// they arrive once the headers are in. Default: 5s.
+	// How long a request waits for a slice that another request is
+	// fetching, counted from the last byte that fetch received, before
+	// it reads from S3 itself, uncached (nginx's proxy_cache_lock_timeout,
+	// but a slow first byte from S3 does not count: it is waited for, up
+	// to first_byte_timeout). Default: 5s.
 	LockTimeout caddy.Duration `json:"lock_timeout,omitempty"`
+
+	// Size of the slices an object is fetched and stored in, like
+	// nginx's slice directive: each is one ranged GET, fetched when a
+	// client needs it. A multiple of 64KiB, at most 64MiB.
+	// Default: 1MiB.
+	Slice int64 `json:"slice,omitempty"`
+
+	// How far ahead of each reader slices are fetched, at most (a reader
+	// earns it by reading: a slow or departed one costs one slice);
+	// objects of at most this size are fetched whole once started, even
+	// if their client leaves. Default: 4MiB.
+	FillAhead int64 `json:"fill_ahead,omitempty"`
+
+	// Most slices of one object fetched at once, so a cold object can
+	// come faster than one connection to S3 carries it. Default: 4.
+	FillParallel int `json:"fill_parallel,omitempty"`
 
 	// Most S3 requests this handler has in flight at once: fills,
 	// pass-throughs and revalidations, each counted until its body is
@@ -237,6 +258,7 @@ type Handler struct {
 	maxObjectBytes int64
 	lockTimeout    time.Duration
 	lockDisabled   bool
+	fills          *fillRules // for the fills this handler starts
 }
 
 // CaddyModule returns the Caddy module information.
@@ -335,6 +357,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		wait := durationOr(h.FillQueueTimeout, defaultFillQueueTimeout)
 		h.origin = newLimitedOrigin(h.origin, limit, wait, m.s3Busy.Inc)
 	}
+	h.buildFillRules()
 	h.logger.Info("serving media from S3",
 		zap.Bool("path_style", h.originCfg.pathStyle),
 		zap.Bool("anonymous", h.originCfg.anonymous),
@@ -387,6 +410,30 @@ func (h *Handler) buildFreshness() error {
 	h.lockTimeout = durationOr(h.LockTimeout, defaultLockTimeout)
 	h.lockDisabled = h.DisableLock
 	return nil
+}
+
+// buildFillRules sets what the fills this handler starts need, once the
+// origin is complete.
+func (h *Handler) buildFillRules() {
+	h.fills = &fillRules{
+		origin:         h.origin,
+		fresh:          &h.fresh,
+		maxObjectBytes: h.maxObjectBytes,
+		sliceBytes:     orDefault(h.Slice, defaultSlice),
+		aheadBytes:     orDefault(h.FillAhead, defaultFillAhead),
+		parallel:       orDefault(h.FillParallel, defaultFillParallel),
+		lockTimeout:    h.lockTimeout,
+		checkETag:      !h.DisableETagCheck,
+		logger:         h.logger,
+	}
+}
+
+// orDefault is v, or def when v is unset.
+func orDefault[T int | int64](v, def T) T {
+	if v == 0 {
+		return def
+	}
+	return v
 }
 
 // openCache opens (or joins, after a reload) the store for dir.
@@ -473,6 +520,12 @@ func (h *Handler) Validate() error {
 		return errors.New("s3_media_cache: max_size must not be negative")
 	case h.MaxConcurrentFills < -1:
 		return errors.New("s3_media_cache: max_concurrent_fills must be positive, or -1 for no bound")
+	case h.Slice != 0 && !validSliceLen(h.Slice):
+		return fmt.Errorf("s3_media_cache: slice must be a multiple of 64KiB between 64KiB and 64MiB, not %d bytes", h.Slice)
+	case h.FillAhead < 0:
+		return errors.New("s3_media_cache: fill_ahead must not be negative")
+	case h.FillParallel < 0 || h.FillParallel > 64:
+		return errors.New("s3_media_cache: fill_parallel must be between 1 and 64")
 	case h.ConnectTimeout < 0 || h.FirstByteTimeout < 0 || h.ReadTimeout < 0 || h.FillQueueTimeout < 0:
 		return errors.New("s3_media_cache: timeouts must not be negative")
 	case h.stripPrefix != "" && !strings.HasPrefix(h.stripPrefix, "/"):

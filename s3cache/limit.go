@@ -50,6 +50,9 @@ func (o *limitedOrigin) acquire(ctx context.Context, req originRequest) error {
 		return nil
 	default:
 	}
+	if req.noQueue {
+		return &originError{status: http.StatusServiceUnavailable, busy: true, op: req.op(), reason: "every S3 slot is taken"}
+	}
 	timer := time.NewTimer(o.queueTimeout)
 	defer timer.Stop()
 	select {

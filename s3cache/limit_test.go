@@ -118,6 +118,7 @@ func TestBusyOriginIs503WithRetryAfterOrStale(t *testing.T) {
 		h.UseStale = []string{"error", "timeout"} // not updating: the refresh must wait for a slot
 	})
 	h.origin = newLimitedOrigin(h.origin, 1, 100*time.Millisecond, nil)
+	h.buildFillRules()
 	srv := serve(t, h)
 
 	// An entry for "stale", expired by the time it is asked again.

@@ -39,6 +39,9 @@ type originRequest struct {
 	ifMatch           string
 	ifModifiedSince   time.Time
 	ifUnmodifiedSince time.Time
+	// noQueue: do not wait for a slot of max_concurrent_fills; fail at
+	// once if none is free. For read-ahead, which nobody waits for.
+	noQueue bool
 }
 
 // op names the S3 operation, for logs and metrics.

@@ -74,4 +74,7 @@ func TestPurgeDuringFillKeepsItsBytesOutOfTheCache(t *testing.T) {
 	if _, ok := h.store.lookup(h.cacheKey("v/a.mp4"), time.Now()); ok {
 		t.Fatal("a fill purged while running was stored")
 	}
+	if _, total := slicesOnDisk(t, h, "v/a.mp4"); total != 0 {
+		t.Fatal("the purged fill's entry file is still on disk")
+	}
 }

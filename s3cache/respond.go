@@ -1,7 +1,6 @@
 package s3cache
 
 import (
-	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -17,10 +16,16 @@ import (
 	"go.uber.org/zap"
 )
 
-// bodySource yields the bytes of a stored body: a committed entry file,
-// or a fill's temp file that may still be growing.
+// bodySource yields the bytes of a stored body: a complete entry file, or
+// an entry served through its fill, whose slices may still be coming.
+// A section reader that is an io.Closer is closed when it is done with.
 type bodySource interface {
 	section(off, n int64) (io.Reader, error)
+}
+
+// partialSource is a bodySource that may not have every byte on disk yet.
+type partialSource interface {
+	covers(off, n int64) bool
 }
 
 // checkedBody is a committed entry file. Its sections are read a block at
@@ -29,18 +34,17 @@ type bodySource interface {
 // part: the first bad block ends the response (before the status line, if
 // it is the first block) and removes the entry.
 type checkedBody struct {
-	f    *os.File
-	meta *entryMeta
-	// store and path say which entry to remove when a block fails; a
-	// nil store (a check that is not serving anyone) removes nothing.
+	f     *os.File
+	entry *entry // the snapshot being served
+	// store is where to remove the entry when a block fails; a nil store
+	// (a check that is not serving anyone) removes nothing.
 	store *store
-	path  string
 }
 
 // corrupt removes the entry whose block failed with err.
 func (b *checkedBody) corrupt(err error) {
 	if b.store != nil {
-		b.store.discardCorrupt(b.path, err)
+		b.store.discardCorrupt(b.entry, err)
 	}
 }
 
@@ -68,7 +72,7 @@ type checkedReader struct {
 }
 
 func (c *checkedReader) load(block int64) error {
-	m := c.body.meta
+	m := &c.body.entry.meta
 	if block >= int64(len(m.blockCRCs)) {
 		return fmt.Errorf("%w: block %d beyond the table", errCorruptEntry, block)
 	}
@@ -156,7 +160,7 @@ type directBody struct {
 }
 
 func (b *directBody) section(off, n int64) (io.Reader, error) {
-	m := b.checked.meta
+	m := &b.checked.entry.meta
 	if n > 0 && off+n == m.bodyLen {
 		if _, err := b.checked.f.Seek(m.bodyOffset()+off, io.SeekStart); err == nil {
 			b.tail = fileTail{f: b.checked.f, n: n}
@@ -200,45 +204,6 @@ func (t *fileTail) sendTo(w io.Writer) (int64, error) {
 	return io.Copy(w, t.f)
 }
 
-// fillBody is a body still being fetched; reads wait for the bytes. If
-// the fill cannot write them to disk, resume fetches the rest from S3.
-type fillBody struct {
-	f      *fill
-	ctx    context.Context
-	resume func(off, n int64) (io.ReadCloser, error)
-}
-
-func (b fillBody) section(off, n int64) (io.Reader, error) {
-	return &resumingReader{r: b.f.section(b.ctx, off, n), off: off, end: off + n, resume: b.resume}, nil
-}
-
-// resumingReader reads a section of a fill and, if the fill fails to
-// write the cache, switches once to a ranged S3 read for the rest.
-type resumingReader struct {
-	r        io.Reader
-	off, end int64
-	resume   func(off, n int64) (io.ReadCloser, error)
-	resumed  io.ReadCloser
-}
-
-func (rr *resumingReader) Read(p []byte) (int, error) {
-	n, err := rr.r.Read(p)
-	rr.off += int64(n)
-	if rr.resumed != nil && err != nil {
-		rr.resumed.Close()
-	}
-	if err == nil || rr.resume == nil || !errors.Is(err, errCacheWrite) {
-		return n, err
-	}
-	body, rerr := rr.resume(rr.off, rr.end-rr.off)
-	rr.resume = nil
-	if rerr != nil {
-		return n, rerr
-	}
-	rr.r, rr.resumed = io.LimitReader(body, rr.end-rr.off), body
-	return n, nil
-}
-
 // respondStored answers a GET or HEAD from a stored representation, from
 // the cache or from a fill in flight, as nginx answers from its cache:
 // conditional requests (304, 412), a single Range (206), several ranges
@@ -268,6 +233,7 @@ func (h *Handler) respondStored(w http.ResponseWriter, r *http.Request, m *entry
 		}
 	}
 	if len(ranges) > 1 {
+		cacheStatus = coverageStatus(cacheStatus, src, ranges, byteRange{})
 		h.policy.copyMeta(hdr, m)
 		h.setAcceptRanges(hdr)
 		h.writeMultipart(w, m, cacheStatus, now, src, ranges)
@@ -280,10 +246,12 @@ func (h *Handler) respondStored(w http.ResponseWriter, r *http.Request, m *entry
 	}
 	var body io.Reader
 	if r.Method != http.MethodHead && br.length > 0 {
+		cacheStatus = coverageStatus(cacheStatus, src, ranges, br)
 		var err error
 		if body, err = src.section(br.start, br.length); err != nil {
-			return errEntryGone
+			return fmt.Errorf("%w: %w", errEntryGone, err)
 		}
+		defer closeSection(body)
 	}
 	h.policy.copyMeta(hdr, m)
 	h.setAcceptRanges(hdr)
@@ -297,6 +265,32 @@ func (h *Handler) respondStored(w http.ResponseWriter, r *http.Request, m *entry
 		h.copyOrAbort(w, body, h.objectKeyOf(m.Key), cacheStatus)
 	}
 	return nil
+}
+
+// coverageStatus is HIT only if every byte the response sends is on disk
+// already: a partial entry answering with bytes still to fetch is a MISS,
+// as nginx's slice module reports the slices it has to fetch.
+func coverageStatus(cacheStatus string, src bodySource, ranges []byteRange, whole byteRange) string {
+	p, ok := src.(partialSource)
+	if !ok || cacheStatus != cacheHit {
+		return cacheStatus
+	}
+	if len(ranges) <= 1 {
+		ranges = []byteRange{whole}
+	}
+	for _, br := range ranges {
+		if !p.covers(br.start, br.length) {
+			return cacheMiss
+		}
+	}
+	return cacheStatus
+}
+
+// closeSection ends a section reader that needs it (a fill's).
+func closeSection(body io.Reader) {
+	if c, ok := body.(io.Closer); ok {
+		c.Close()
+	}
 }
 
 func (h *Handler) setAcceptRanges(hdr http.Header) {
@@ -351,6 +345,7 @@ func (h *Handler) writeMultipart(w http.ResponseWriter, m *entryMeta, cacheStatu
 			h.abort(h.objectKeyOf(m.Key), err)
 		}
 		h.copyOrAbort(w, body, h.objectKeyOf(m.Key), cacheStatus)
+		closeSection(body)
 	}
 	_, _ = io.WriteString(w, tail)
 }

@@ -35,9 +35,14 @@ type storeLimits struct {
 }
 
 // store is the disk cache: entry files under dir, sharded by levels like
-// nginx's proxy_cache_path, and an in-memory index of them with an LRU
-// list. Entries are only ever created by renaming a complete temp file, so
-// a reader or a crash never sees a partial entry under its final name.
+// nginx's proxy_cache_path, an in-memory index of them with an LRU list,
+// and the fills that write them. An entry file appears under its final
+// name only by the rename of a temp file holding its header, and its body
+// is written slice by slice in place after that (see entry.go), so a
+// reader or a crash never sees a slice that is only half there.
+//
+// The store owns every fill from start to end: the fills run in its
+// context and its wait group, so Destruct stops and joins them.
 type store struct {
 	dir    string
 	tmpDir string
@@ -51,21 +56,33 @@ type store struct {
 	loaded chan struct{} // closed when the loader has indexed the directory
 
 	limitsChanged chan struct{} // wakes the manager after a reload
-	wg            sync.WaitGroup
+
+	// wg joins the store's goroutines; lifeMu and closed make sure none
+	// is added once Destruct has started waiting (see goBackground).
+	wg     sync.WaitGroup
+	lifeMu sync.Mutex
+	closed bool
+
+	// pathLocks serialise the creation and removal of entry files, by
+	// the key's hash, without the global lock: a file is renamed into
+	// place or unlinked under its stripe, so a removal never deletes
+	// the file of a newer entry of the same key.
+	pathLocks [64]sync.Mutex
 
 	mu       sync.Mutex // guards the fields below
 	limits   storeLimits
 	entries  map[string]*entry  // by cache key
 	lru      list.List          // of *entry; front is most recently used
-	used     int64              // bytes of committed entry files
-	reserved int64              // bytes promised to fills in flight
+	used     int64              // disk bytes of indexed entries
+	reserved int64              // disk bytes promised to slices being fetched and entries being created
 	fills    map[string]*fill   // fills in flight, by cache key
 	mappings map[keyMapping]int // sites using the store, with a use count
-	gen      uint64             // last entry generation handed out
-	open     int                // entry files kept open
-	maxOpen  int                // bound on open; 0 once the store is destructed
-	tmpSeq   uint64
-	stats    storeStats
+	// passes are keys found uncacheable, with when to try them again.
+	passes  map[string]time.Time
+	gen     uint64 // last entry generation handed out
+	open    int    // entry files kept open
+	maxOpen int    // bound on open; 0 once the store is destructed
+	stats   storeStats
 
 	// Requests answered through this store, for the admin API's hit
 	// ratio; atomics, so the hit path does not take the lock for them.
@@ -77,6 +94,7 @@ type StoreStats struct {
 	CacheDir       string  `json:"cache_dir"`
 	Loaded         bool    `json:"index_loaded"`
 	Entries        int     `json:"entries"`
+	PartialEntries int     `json:"partial_entries"`
 	Bytes          int64   `json:"bytes"`
 	MaxBytes       int64   `json:"max_bytes"`
 	ReservedBytes  int64   `json:"reserved_bytes"`
@@ -101,14 +119,17 @@ func (s *store) snapshot() StoreStats {
 	}
 	s.mu.Lock()
 	st.Entries, st.Bytes, st.MaxBytes, st.ReservedBytes = len(s.entries), s.used, s.limits.maxBytes, s.reserved
+	st.PartialEntries = s.stats.partial
 	st.Evictions, st.Purges, st.CorruptRemoved = s.stats.evictions, s.stats.purges, s.stats.removedCorrupt
 	st.FillsInFlight = len(s.fills)
+	fills := make([]*fill, 0, len(s.fills))
 	for _, f := range s.fills {
-		f.mu.Lock()
-		st.FillWaiters += f.refs - 1 // all but the writer
-		f.mu.Unlock()
+		fills = append(fills, f)
 	}
 	s.mu.Unlock()
+	for _, f := range fills {
+		st.FillWaiters += f.readerCount()
+	}
 	st.Requests, st.Hits, st.S3Errors = s.lookups.Load(), s.hits.Load(), s.s3Errors.Load()
 	if st.Requests > 0 {
 		st.HitRatio = float64(st.Hits) / float64(st.Requests)
@@ -133,16 +154,33 @@ type storeStats struct {
 	evictions      int64
 	loadedEntries  int64
 	removedCorrupt int64
+	partial        int // entries indexed that are not complete
 }
 
-// entry is one committed cache entry. Its fields are guarded by store.mu.
+// entry is one entry of the index. Its fields are guarded by store.mu; a
+// request works on a copy (a snapshot) taken under it.
 type entry struct {
 	meta     entryMeta
 	path     string
 	lastUsed time.Time
 	elem     *list.Element
-	gen      uint64    // tells this entry from a later one for the same key
-	file     *openFile // the file kept open for hits, or nil
+	gen      uint64 // tells this entry from a later one for the same key
+
+	// complete: every slice of the body is on disk and meta.blockCRCs
+	// holds their checksums; hits read it directly. An entry that is
+	// not complete is read through a fill, which fetches what is absent.
+	complete bool
+	// diskBytes is what the entry counts against max_size: its header
+	// and the slices it has, in whole filesystem blocks.
+	diskBytes int64
+	// pins counts the fills writing this entry; eviction passes over a
+	// pinned entry (purge does not).
+	pins int
+	// id is the file's identity when it was indexed, so a removal that
+	// runs outside the lock unlinks this file and not a newer one.
+	id fileIdentity
+
+	file *openFile // the file kept open for hits, or nil
 	// Descriptors of the file waiting for the next sendfile hit (see
 	// takeSpare): sendfile reads from the file offset, so each serves one
 	// request at a time, and the pool saves a hit its open and close.
@@ -180,6 +218,14 @@ func identityOf(info fs.FileInfo) fileIdentity {
 	return id
 }
 
+// sameFile reports whether two identities name one file: the same inode.
+// A newer entry renamed over a path has an inode of its own, allocated
+// while the old file still held its number. (The change time cannot be
+// compared: a fill writes slices into the file after it is indexed.)
+func (id fileIdentity) sameFile(other fileIdentity) bool {
+	return id.ino == other.ino && id.ino != 0
+}
+
 // unlinked reports whether the file behind an open descriptor has no name
 // left: someone removed it from the cache directory by hand (rm -rf to
 // clear the cache). A descriptor kept open would go on serving it, and its
@@ -187,37 +233,6 @@ func identityOf(info fs.FileInfo) fileIdentity {
 func unlinked(info fs.FileInfo) bool {
 	st, ok := info.Sys().(*syscall.Stat_t)
 	return ok && st.Nlink == 0
-}
-
-// forget drops the entry snapshot e from the index, if it is still
-// current, without touching the cache directory: for an entry whose file
-// is already gone.
-func (s *store) forget(e *entry) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if cur, ok := s.entries[e.meta.Key]; ok && cur.gen == e.gen {
-		s.removeLocked(e.meta.Key)
-	}
-}
-
-// openFile is an entry file kept open for its hits. Bodies are read with
-// pread, so one descriptor serves any number of concurrent requests, and
-// a hit costs no open or close. Its fields are guarded by store.mu.
-type openFile struct {
-	f       *os.File
-	users   int  // requests reading it now
-	doomed  bool // its entry is gone: close when the last user is done
-	counted bool // counts against maxOpenFiles
-}
-
-// markKnown records that the entry snapshot e's file, with identity id,
-// passed a check of every block.
-func (s *store) markKnown(e *entry, id fileIdentity) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if cur, ok := s.entries[e.meta.Key]; ok && cur.gen == e.gen {
-		cur.known, cur.verifiedAt = id, time.Now()
-	}
 }
 
 // openStore returns the store for dir, creating and loading it on first
@@ -249,11 +264,11 @@ func newStore(dir string, levels []int, limits storeLimits, logger *zap.Logger) 
 	if err := os.MkdirAll(tmpDir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating cache_dir %s: %w (check that Caddy's user may write there)", dir, err)
 	}
-	// Temp files are fills that were in flight when the process died:
-	// none of them is complete, by construction. Failing to remove them
-	// (a cache_dir mounted read-only) is not a reason to refuse the
-	// config: they are never read, and with nothing writable the cache
-	// serves what it has and passes the rest through from S3.
+	// Temp files are entries that were being created when the process
+	// died. Failing to remove them (a cache_dir mounted read-only) is
+	// not a reason to refuse the config: they are never read, and with
+	// nothing writable the cache serves what it has and passes the rest
+	// through from S3.
 	if err := clearDir(tmpDir); err != nil {
 		logger.Warn("cannot remove the temp files of an earlier run; the cache may be read-only",
 			zap.String("temp", tmpDir), zap.Error(err))
@@ -272,17 +287,37 @@ func newStore(dir string, levels []int, limits storeLimits, logger *zap.Logger) 
 		entries:       make(map[string]*entry),
 		fills:         make(map[string]*fill),
 		mappings:      make(map[keyMapping]int),
+		passes:        make(map[string]time.Time),
 		maxOpen:       maxOpenEntryFiles(),
 	}
-	s.wg.Add(2)
-	go s.load()
-	go s.manage()
+	s.goBackground(s.load)
+	s.goBackground(s.manage)
 	return s, nil
 }
 
-// Destruct stops the store's goroutines when the last config using it is
-// gone. Entries stay on disk for the next start.
+// goBackground runs fn in a goroutine that Destruct waits for, unless the
+// store is already being destructed, in which case it reports false.
+func (s *store) goBackground(fn func()) bool {
+	s.lifeMu.Lock()
+	defer s.lifeMu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		fn()
+	}()
+	return true
+}
+
+// Destruct stops the store's goroutines, fills included, when the last
+// config using it is gone, and waits for them. Entries stay on disk for
+// the next start; a slice being fetched is fetched again then.
 func (s *store) Destruct() error {
+	s.lifeMu.Lock()
+	s.closed = true
+	s.lifeMu.Unlock()
 	s.cancel()
 	s.wg.Wait()
 	s.mu.Lock()
@@ -318,7 +353,10 @@ func hashKey(key string) string {
 // directory names are taken from the end of the hash, so "1:2" gives
 // dir/c/29/…29c.
 func (s *store) entryPath(key string) string {
-	h := hashKey(key)
+	return s.pathOfHash(hashKey(key))
+}
+
+func (s *store) pathOfHash(h string) string {
 	parts := []string{s.dir}
 	end := len(h)
 	for _, n := range s.levels {
@@ -326,6 +364,16 @@ func (s *store) entryPath(key string) string {
 		end -= n
 	}
 	return filepath.Join(append(parts, h)...)
+}
+
+// pathLock is the stripe that serialises file operations on path, an
+// entry path (its last two characters are hex digits of the key's hash).
+func (s *store) pathLock(path string) *sync.Mutex {
+	h, err := strconv.ParseUint(path[len(path)-2:], 16, 8)
+	if err != nil {
+		h = 0
+	}
+	return &s.pathLocks[h%uint64(len(s.pathLocks))]
 }
 
 // lookup returns a copy of the entry for key and marks it used. The
@@ -352,245 +400,200 @@ func (s *store) lookup(key string, now time.Time) (entry, bool) {
 	return s.probe(key, now)
 }
 
-// probe indexes the entry file of key, if there is a valid one.
-func (s *store) probe(key string, now time.Time) (entry, bool) {
-	path := s.entryPath(key)
-	m, info, err := readEntryFile(path)
-	if err != nil {
-		if !errors.Is(err, fs.ErrNotExist) {
-			s.discardCorrupt(path, err)
-		}
-		return entry{}, false
-	}
-	if m.Key != key {
-		return entry{}, false
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if e, ok := s.entries[key]; ok { // the loader got there first
-		return *e, true
-	}
-	e := s.insertLocked(key, path, m, info.Size(), now)
-	return *e, true
-}
-
-// readEntryFile opens an entry file and checks its header and size.
-func readEntryFile(path string) (entryMeta, fs.FileInfo, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return entryMeta{}, nil, err
-	}
-	defer f.Close()
-	info, err := f.Stat()
-	if err != nil {
-		return entryMeta{}, nil, err
-	}
-	m, err := readEntryHeader(f)
-	if err != nil {
-		return m, info, err
-	}
-	if info.Size() != m.fileSize() {
-		return m, info, fmt.Errorf("%w: file is %d bytes, header says %d", errCorruptEntry, info.Size(), m.fileSize())
-	}
-	return m, info, readBlockTable(f, &m)
-}
-
 // insertLocked adds or replaces the index entry for key.
-func (s *store) insertLocked(key, path string, m entryMeta, size int64, lastUsed time.Time) *entry {
-	if old, ok := s.entries[key]; ok {
-		s.used -= old.meta.fileSize()
-		s.lru.Remove(old.elem)
-		s.doomFileLocked(old)
+func (s *store) insertLocked(key, path string, m entryMeta, complete bool, diskBytes int64, id fileIdentity, lastUsed time.Time) *entry {
+	if _, ok := s.entries[key]; ok {
+		s.removeLocked(key)
 	}
 	m.lengthStr = strconv.FormatInt(m.bodyLen, 10)
 	s.gen++
-	e := &entry{meta: m, path: path, lastUsed: lastUsed, gen: s.gen}
+	e := &entry{meta: m, path: path, lastUsed: lastUsed, gen: s.gen, complete: complete, diskBytes: diskBytes, id: id}
 	e.elem = s.lru.PushFront(e)
 	s.entries[key] = e
-	s.used += size
+	s.used += diskBytes
+	if !complete {
+		s.stats.partial++
+	}
 	return e
 }
 
-// removeLocked drops key from the index and returns its file to delete.
-func (s *store) removeLocked(key string) (string, bool) {
+// removeLocked drops key from the index and returns the entry, whose file
+// the caller removes with removeFiles.
+func (s *store) removeLocked(key string) (*entry, bool) {
 	e, ok := s.entries[key]
 	if !ok {
-		return "", false
+		return nil, false
 	}
 	delete(s.entries, key)
 	s.lru.Remove(e.elem)
-	s.used -= e.meta.fileSize()
+	s.used -= e.diskBytes
+	if !e.complete {
+		s.stats.partial--
+	}
 	s.doomFileLocked(e)
-	return e.path, true
+	return e, true
 }
 
-// doomFileLocked closes the open file of an entry leaving the index, now
-// or when its last reader is done, and its spare descriptors.
-func (s *store) doomFileLocked(e *entry) {
-	for _, f := range e.spares {
-		f.Close()
-		s.open--
+// currentLocked returns the index entry of the snapshot e if it is still
+// the current one for its key.
+func (s *store) currentLocked(key string, gen uint64) (*entry, bool) {
+	e, ok := s.entries[key]
+	if !ok || e.gen != gen {
+		return nil, false
 	}
-	e.spares = nil
-	if e.file == nil {
+	return e, true
+}
+
+// doomedFile is an entry file to unlink once the global lock is released.
+type doomedFile struct {
+	path string
+	id   fileIdentity
+}
+
+func doomedOf(e *entry) doomedFile { return doomedFile{path: e.path, id: e.id} }
+
+// removeFiles unlinks the files of entries that left the index, each under
+// its path's stripe and only if the file at the path is still the one the
+// entry had: a newer entry of the same key may have been renamed into
+// place meanwhile.
+func (s *store) removeFiles(files []doomedFile) {
+	for _, d := range files {
+		s.removeFile(d)
+	}
+}
+
+func (s *store) removeFile(d doomedFile) {
+	mu := s.pathLock(d.path)
+	mu.Lock()
+	defer mu.Unlock()
+	info, err := os.Lstat(d.path)
+	if err != nil || !identityOf(info).sameFile(d.id) {
 		return
 	}
-	e.file.doomed = true
-	if e.file.users == 0 {
-		s.closeFileLocked(e.file)
-	}
-	e.file = nil
+	_ = os.Remove(d.path)
 }
 
-func (s *store) closeFileLocked(of *openFile) {
-	of.f.Close()
-	if of.counted {
-		s.open--
-		of.counted = false
-	}
-}
-
-// adoptFile keeps f open for the hits of the entry snapshot e, if that
-// entry is still current and the bound on open files allows; the returned
-// openFile has the caller as a user either way.
-func (s *store) adoptFile(e *entry, f *os.File) *openFile {
-	of := &openFile{f: f, users: 1}
+// forget drops the entry snapshot e from the index, if it is still
+// current, without touching the cache directory: for an entry whose file
+// is already gone.
+func (s *store) forget(e *entry) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	cur, ok := s.entries[e.meta.Key]
-	if ok && cur.gen == e.gen && cur.file == nil && s.open < s.maxOpen {
-		cur.file, of.counted = of, true
-		s.open++
-	} else {
-		of.doomed = true // private to this request
+	if _, ok := s.currentLocked(e.meta.Key, e.gen); ok {
+		s.removeLocked(e.meta.Key)
 	}
-	return of
 }
 
-// acquireFile returns the open file of the entry snapshot e, with the
-// caller as a user, or nil if the entry has none (or is no longer current).
-func (s *store) acquireFile(e *entry) *openFile {
+// markKnown records that the entry snapshot e's file, with identity id,
+// passed a check of every block.
+func (s *store) markKnown(e *entry, id fileIdentity) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	cur, ok := s.entries[e.meta.Key]
-	if !ok || cur.gen != e.gen || cur.file == nil {
-		return nil
+	if cur, ok := s.currentLocked(e.meta.Key, e.gen); ok {
+		cur.known, cur.verifiedAt = id, time.Now()
 	}
-	cur.file.users++
-	return cur.file
 }
 
-// releaseFile ends a request's use of an open entry file.
-func (s *store) releaseFile(of *openFile) {
+// discardCorrupt removes the entry snapshot e, whose file failed a check,
+// with the warning an operator needs: a disk that corrupts files corrupts
+// other things too.
+func (s *store) discardCorrupt(e *entry, cause error) {
+	s.logger.Warn("removing corrupt cache entry", zap.String("file", e.path), zap.Error(cause))
 	s.mu.Lock()
-	of.users--
-	if of.users == 0 && of.doomed {
-		s.closeFileLocked(of)
-	}
-	s.mu.Unlock()
-}
-
-// maxSparesPerEntry bounds the idle descriptors pooled for one entry's
-// sendfile hits. A hit holds its descriptor only while its body goes to
-// the socket, so even a hot object rarely has more than a few in use.
-const maxSparesPerEntry = 8
-
-// takeSpare returns an idle descriptor of the entry snapshot e's file for
-// one sendfile hit, or nil if there is none or e is no longer current. The
-// caller owns it until putSpare. Its offset is wherever the last hit left
-// it: the caller seeks.
-func (s *store) takeSpare(e *entry) *os.File {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	cur, ok := s.entries[e.meta.Key]
-	if !ok || cur.gen != e.gen || len(cur.spares) == 0 {
-		return nil
-	}
-	f := cur.spares[len(cur.spares)-1]
-	cur.spares[len(cur.spares)-1] = nil
-	cur.spares = cur.spares[:len(cur.spares)-1]
-	s.open--
-	return f
-}
-
-// putSpare gives back a descriptor of the entry snapshot e's file after a
-// hit that found the file sound. It is kept for the next hit if e is still
-// current and the bounds allow, and closed otherwise.
-func (s *store) putSpare(e *entry, f *os.File) {
-	s.mu.Lock()
-	cur, ok := s.entries[e.meta.Key]
-	if ok && cur.gen == e.gen && len(cur.spares) < maxSparesPerEntry && s.open < s.maxOpen {
-		cur.spares = append(cur.spares, f)
-		s.open++
-		f = nil
-	}
-	s.mu.Unlock()
-	if f != nil {
-		f.Close()
-	}
-}
-
-// maxOpenEntryFiles bounds the entry files kept open: a quarter of the
-// process's descriptor limit (Go raises the soft limit to the hard one at
-// startup), at most 8192, so sockets always have room.
-func maxOpenEntryFiles() int {
-	var lim syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		return 256
-	}
-	return int(min(8192, lim.Cur/4))
-}
-
-// remove drops an entry, for a purge or a corrupt file found while serving.
-func (s *store) remove(key string) bool {
-	s.mu.Lock()
-	path, ok := s.removeLocked(key)
+	s.stats.removedCorrupt++
+	_, ok := s.currentLocked(e.meta.Key, e.gen)
 	if ok {
-		// Under the lock: a fill committing the same key renames its
-		// file to the same path, and must not lose it to this remove.
-		_ = os.Remove(path)
+		s.removeLocked(e.meta.Key)
 	}
 	s.mu.Unlock()
-	return ok
+	if ok {
+		s.removeFile(doomedOf(e))
+	}
 }
 
-// discardCorrupt removes a bad entry file, with the warning an operator
-// needs: a disk that corrupts files corrupts other things too.
-func (s *store) discardCorrupt(path string, cause error) {
+// discardCorruptFile removes a file that failed its checks before it was
+// indexed (at load, or probed), if it is still the file that failed.
+func (s *store) discardCorruptFile(path string, id fileIdentity, cause error) {
 	s.logger.Warn("removing corrupt cache entry", zap.String("file", path), zap.Error(cause))
 	s.mu.Lock()
 	s.stats.removedCorrupt++
-	for key, e := range s.entries {
-		if e.path == path {
-			s.removeLocked(key)
-			break
-		}
-	}
-	_ = os.Remove(path)
 	s.mu.Unlock()
+	s.removeFile(doomedFile{path: path, id: id})
 }
 
-// refresh extends an entry's freshness after S3 answered 304 Not Modified.
-func (s *store) refresh(key string, storedAt, expiresAt time.Time) error {
+// refresh extends an entry's freshness after S3 answered 304 Not Modified,
+// and returns the refreshed snapshot. The header is rewritten under the
+// path's stripe, not the global lock.
+func (s *store) refresh(key string, storedAt, expiresAt time.Time) (entry, error) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	e, ok := s.entries[key]
 	if !ok {
-		return fmt.Errorf("entry vanished before its refresh")
+		s.mu.Unlock()
+		return entry{}, errors.New("entry vanished before its refresh")
 	}
-	m := e.meta
+	m, path, gen := e.meta, e.path, e.gen
+	s.mu.Unlock()
+
 	m.storedAt, m.expiresAt = storedAt, expiresAt
-	if err := rewriteFixedHeader(e.path, &m); err != nil {
-		return fmt.Errorf("updating entry header: %w", err)
+	mu := s.pathLock(path)
+	mu.Lock()
+	defer mu.Unlock()
+	s.mu.Lock()
+	_, ok = s.currentLocked(key, gen)
+	s.mu.Unlock()
+	if !ok {
+		return entry{}, errors.New("entry replaced before its refresh")
 	}
-	e.meta = m
-	return nil
+	if err := rewriteFixedHeader(path, &m); err != nil {
+		return entry{}, fmt.Errorf("updating entry header: %w", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cur, ok := s.currentLocked(key, gen)
+	if !ok {
+		return entry{}, errors.New("entry replaced during its refresh")
+	}
+	cur.meta.storedAt, cur.meta.expiresAt = storedAt, expiresAt
+	return *cur, nil
 }
 
-// reserve promises n bytes to a fill, evicting least-recently-used entries
-// so that committed plus promised bytes stay under max_size. It fails when
-// that cannot be done (the object is larger than the cache, or the space is
-// all promised to other fills): the caller then streams without storing.
+// diskUsage is what an entry with the given header and the given slices
+// present takes on disk, in whole blocks of bodyAlign bytes: the header
+// region, and each slice (slices of a multi-slice body start on a block
+// boundary; a one-slice body shares the header's last block).
+func diskUsage(m *entryMeta, slicesPresent []bool) int64 {
+	roundUp := func(n int64) int64 { return (n + bodyAlign - 1) / bodyAlign * bodyAlign }
+	if m.sliceCount() <= 1 {
+		n := m.bodyOffset()
+		if len(slicesPresent) == 1 && slicesPresent[0] {
+			n += m.bodyLen
+		}
+		return roundUp(n)
+	}
+	total := roundUp(m.bodyOffset())
+	for k, ok := range slicesPresent {
+		if ok {
+			_, n := m.sliceSpan(int64(k))
+			total += roundUp(n)
+		}
+	}
+	return total
+}
+
+// sliceUsage is what slice k adds to an entry's disk usage once present.
+func sliceUsage(m *entryMeta, k int64) int64 {
+	if m.sliceCount() <= 1 {
+		return diskUsage(m, []bool{true}) - diskUsage(m, []bool{false})
+	}
+	_, n := m.sliceSpan(k)
+	return (n + bodyAlign - 1) / bodyAlign * bodyAlign
+}
+
+// reserve promises n disk bytes to a fill, evicting least-recently-used
+// entries so that used plus promised bytes stay under max_size. It fails
+// when that cannot be done (the space is promised to other fills, or the
+// entries left are pinned by fills): the caller then serves the bytes
+// without storing them.
 func (s *store) reserve(n int64) bool {
 	s.mu.Lock()
 	if n > s.limits.maxBytes {
@@ -613,105 +616,171 @@ func (s *store) unreserve(n int64) {
 	s.mu.Unlock()
 }
 
-// evictUntilUnderLocked drops least-recently-used entries until committed
-// plus promised plus extra bytes fit under max_size, and returns their
-// files, which the caller removes with removeFiles. The files are renamed
-// away under the lock, so that a fill committing the same key afterwards
-// cannot have its new file deleted by this eviction.
-func (s *store) evictUntilUnderLocked(extra int64) []string {
-	var doomed []string
-	for s.used+s.reserved+extra > s.limits.maxBytes {
-		back := s.lru.Back()
-		if back == nil {
-			break
-		}
+// maxPinnedSkips bounds how many pinned entries one eviction pass steps
+// over before it gives up: pinned entries are being filled, so they are
+// recently used and rarely near the back of the list.
+const maxPinnedSkips = 64
+
+// evictUntilUnderLocked drops least-recently-used entries until used plus
+// promised plus extra bytes fit under max_size, and returns their files,
+// which the caller removes with removeFiles once the lock is released.
+func (s *store) evictUntilUnderLocked(extra int64) []doomedFile {
+	var doomed []doomedFile
+	skips := 0
+	for back := s.lru.Back(); back != nil && s.used+s.reserved+extra > s.limits.maxBytes; {
 		e := back.Value.(*entry)
-		if path, ok := s.removeLocked(e.meta.Key); ok {
-			doomed = append(doomed, s.condemnLocked(path))
+		back = back.Prev()
+		if e.pins > 0 {
+			if skips++; skips > maxPinnedSkips {
+				break
+			}
+			continue
+		}
+		if _, ok := s.removeLocked(e.meta.Key); ok {
+			doomed = append(doomed, doomedOf(e))
 			s.stats.evictions++
 		}
 	}
 	return doomed
 }
 
-// condemnLocked moves an entry file into the temp directory under a unique
-// name, so it can be unlinked outside the lock. A rename is much cheaper
-// than an unlink of a large file, which frees its blocks.
-func (s *store) condemnLocked(path string) string {
-	s.tmpSeq++
-	dst := filepath.Join(s.tmpDir, "evicted-"+strconv.FormatUint(s.tmpSeq, 10))
-	if err := os.Rename(path, dst); err != nil {
-		_ = os.Remove(path)
-		return ""
-	}
-	return dst
-}
-
-func (s *store) removeFiles(paths []string) {
-	for _, p := range paths {
-		if p != "" {
-			_ = os.Remove(p)
-		}
-	}
-}
-
-// newTempFile creates a temp file for a fill, in the cache's filesystem so
-// that committing it is a rename.
-func (s *store) newTempFile() (*os.File, error) {
-	return os.CreateTemp(s.tmpDir, "fill-*")
-}
-
-// errPurged is returned by commit for a fill whose key was purged while
-// it ran: its bytes predate the purge and must not be stored.
+// errPurged stops storing anything more of a fill whose key was purged
+// while it ran: its bytes predate the purge.
 var errPurged = errors.New("purged while being fetched")
 
-// commit moves the complete temp file of fill f into place, indexes it,
-// turns the bytes reserved for it into used bytes and unregisters the fill,
-// all under one lock: a request finds either the fill or the entry, and the
-// size bound is never counted twice. It is the only way an entry is
-// created.
-func (s *store) commit(f *fill, tmpPath string, m entryMeta, id fileIdentity, reserved int64) error {
+// createEntry indexes a new entry for the fill f, described by m with no
+// slice present yet (m's metadata length and checksum are set here), and
+// returns its file open for reading and writing.
+// The file is written in the temp directory at its full size (a hole where
+// the body will be) and renamed into place, under the path's stripe, so
+// its name never shows a half-written header. A previous entry of the key
+// is replaced.
+func (s *store) createEntry(f *fill, m *entryMeta) (*os.File, uint64, error) {
+	start, err := encodeEntryStart(m)
+	if err != nil {
+		return nil, 0, err
+	}
+	usage := diskUsage(m, make([]bool, m.sliceCount()))
+	if !s.reserve(usage) {
+		return nil, 0, errNoRoom
+	}
+	file, gen, err := s.writeEntryFile(f, m, start, usage)
+	if err != nil {
+		s.unreserve(usage)
+	}
+	return file, gen, err
+}
+
+// errNoRoom: max_size cannot make room for what is to be stored.
+var errNoRoom = errors.New("no room in the cache under max_size")
+
+func (s *store) writeEntryFile(f *fill, m *entryMeta, start []byte, usage int64) (*os.File, uint64, error) {
+	tmp, err := os.CreateTemp(s.tmpDir, "entry-*")
+	if err != nil {
+		return nil, 0, fmt.Errorf("%w: %w", errCacheWrite, err)
+	}
+	fail := func(err error) (*os.File, uint64, error) {
+		tmp.Close()
+		os.Remove(tmp.Name())
+		return nil, 0, fmt.Errorf("%w: %w", errCacheWrite, err)
+	}
+	if _, err := tmp.WriteAt(start, 0); err != nil {
+		return fail(err)
+	}
+	if err := tmp.Truncate(m.fileSize()); err != nil {
+		return fail(err)
+	}
+	info, err := tmp.Stat()
+	if err != nil {
+		return fail(err)
+	}
 	path := s.entryPath(m.Key)
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return fmt.Errorf("creating entry directory: %w", err)
+		return fail(err)
 	}
+
+	mu := s.pathLock(path)
+	mu.Lock()
+	defer mu.Unlock()
 	s.mu.Lock()
-	if f.purged {
+	if f.isDetached() {
 		s.mu.Unlock()
-		return errPurged
+		tmp.Close()
+		os.Remove(tmp.Name())
+		return nil, 0, errPurged
 	}
-	if err := os.Rename(tmpPath, path); err != nil {
+	if err := os.Rename(tmp.Name(), path); err != nil {
 		s.mu.Unlock()
-		return fmt.Errorf("committing entry: %w", err)
+		return fail(err)
 	}
-	s.reserved -= reserved
-	if s.fills[f.key] == f {
-		delete(s.fills, f.key)
+	s.reserved -= usage
+	complete := m.bodyLen == 0
+	e := s.insertLocked(m.Key, path, *m, complete, usage, identityOf(info), time.Now())
+	e.pins++
+	if complete {
+		e.known, e.verifiedAt = identityOf(info), time.Now()
 	}
-	e := s.insertLocked(m.Key, path, m, m.fileSize(), time.Now())
-	e.known, e.verifiedAt = id, time.Now() // written and checksummed by this process
-	doomed := s.evictUntilUnderLocked(0)
+	gen := e.gen
 	s.mu.Unlock()
-	s.removeFiles(doomed)
-	return nil
+	return tmp, gen, nil
+}
+
+// sliceStored turns the bytes reserved for a slice of the entry gen of
+// key, now on disk, into bytes it uses. If that entry has left the index
+// meanwhile, the reservation is simply dropped.
+func (s *store) sliceStored(key string, gen uint64, usage int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.reserved -= usage
+	if e, ok := s.currentLocked(key, gen); ok {
+		e.diskBytes += usage
+		s.used += usage
+	}
+}
+
+// markComplete records that every slice of the entry gen of key is on
+// disk and passed its checks, as a file with identity id; hits read it
+// directly from now on.
+func (s *store) markComplete(key string, gen uint64, crcs []uint32, id fileIdentity) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e, ok := s.currentLocked(key, gen)
+	if !ok || e.complete {
+		return
+	}
+	e.complete = true
+	s.stats.partial--
+	e.meta.blockCRCs = crcs
+	e.known, e.verifiedAt = id, time.Now()
+}
+
+// unpin ends a fill's hold on the entry gen of key.
+func (s *store) unpin(key string, gen uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e, ok := s.currentLocked(key, gen); ok && e.pins > 0 {
+		e.pins--
+	}
 }
 
 // purge removes the entry of key and detaches its fill in flight, if any,
-// so that the fill's bytes are never stored and the next request fetches
-// the object afresh. Readers already streaming from the fill finish.
+// so that nothing more of it is stored and the next request fetches the
+// object afresh. Readers already streaming from the fill finish.
 func (s *store) purge(key string) (removed bool) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if path, ok := s.removeLocked(key); ok {
-		_ = os.Remove(path)
-		removed = true
-	}
-	if f, ok := s.fills[key]; ok {
-		f.purged = true
+	e, ok := s.removeLocked(key)
+	delete(s.passes, key)
+	if f, inFlight := s.fills[key]; inFlight {
 		delete(s.fills, key)
+		f.detach()
 		removed = true
 	}
 	s.stats.purges++
+	s.mu.Unlock()
+	if ok {
+		s.removeFile(doomedOf(e))
+		removed = true
+	}
 	return removed
 }
 
@@ -726,7 +795,7 @@ func (s *store) purgePrefix(prefix string) int {
 		}
 	}
 	for key := range s.fills {
-		if strings.HasPrefix(key, prefix) {
+		if _, indexed := s.entries[key]; !indexed && strings.HasPrefix(key, prefix) {
 			keys = append(keys, key)
 		}
 	}
@@ -740,205 +809,34 @@ func (s *store) purgePrefix(prefix string) int {
 	return n
 }
 
-// load is nginx's cache loader: it indexes every entry file in the
-// directory, in the background, while requests are served (and probe
-// indexes the keys they ask for first). Files that fail their checks are
-// removed.
-func (s *store) load() {
-	defer s.wg.Done()
-	defer close(s.loaded)
-	start := time.Now()
-	err := filepath.WalkDir(s.dir, func(path string, d fs.DirEntry, err error) error {
-		if s.ctx.Err() != nil {
-			return s.ctx.Err()
-		}
-		if err != nil {
-			return nil // unreadable subdirectory: skip it, keep loading
-		}
-		if d.IsDir() {
-			if path == s.tmpDir {
-				return filepath.SkipDir
-			}
-			return nil
-		}
-		if !isEntryName(d.Name()) {
-			return nil
-		}
-		s.loadFile(path)
-		return nil
-	})
-	if err != nil && !errors.Is(err, context.Canceled) {
-		s.logger.Warn("cache loader stopped early", zap.Error(err))
-	}
+// maxPasses bounds the keys remembered as uncacheable: a scan of
+// uncacheable keys must not grow memory without bound.
+const maxPasses = 4096
+
+// markPass remembers key as uncacheable until until.
+func (s *store) markPass(key string, until time.Time) {
 	s.mu.Lock()
-	n, used := len(s.entries), s.used
-	doomed := s.evictUntilUnderLocked(0)
-	s.mu.Unlock()
-	s.removeFiles(doomed)
-	s.logger.Info("cache index loaded", zap.Int("entries", n), zap.Int64("bytes", used), zap.Duration("took", time.Since(start)))
-}
-
-func (s *store) loadFile(path string) {
-	m, info, err := readEntryFile(path)
-	if err != nil {
-		s.discardCorrupt(path, err)
-		return
-	}
-	if s.entryPath(m.Key) != path {
-		// A file from another levels layout, or renamed by hand.
-		s.discardCorrupt(path, fmt.Errorf("%w: file name does not match its key", errCorruptEntry))
-		return
-	}
-	s.mu.Lock()
-	if _, ok := s.entries[m.Key]; !ok {
-		// Last use is not on disk (a hit writes nothing), so a loaded
-		// entry counts as used now, as in nginx's loader: a restart
-		// must not evict everything stored more than inactive ago.
-		s.insertLocked(m.Key, path, m, info.Size(), time.Now())
-		s.stats.loadedEntries++
-	}
-	s.mu.Unlock()
-}
-
-func isEntryName(name string) bool {
-	if len(name) != 64 {
-		return false
-	}
-	for _, c := range name {
-		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
-			return false
-		}
-	}
-	return true
-}
-
-// manage is nginx's cache manager: it evicts entries unused for longer
-// than inactive, and entries in LRU order while the disk has less free
-// space than min_free.
-func (s *store) manage() {
-	defer s.wg.Done()
-	timer := time.NewTimer(s.managerInterval())
-	defer timer.Stop()
-	for {
-		select {
-		case <-s.ctx.Done():
-			return
-		case <-s.limitsChanged:
-			// A reload changed inactive: run now, on the new schedule.
-		case <-timer.C:
-		}
-		s.evictInactive(time.Now())
-		s.keepMinFree()
-		timer.Reset(s.managerInterval())
-	}
-}
-
-// managerInterval is how often the manager runs: every 10s, or more often
-// for a short inactive, so an entry outlives it by at most a quarter.
-func (s *store) managerInterval() time.Duration {
-	s.mu.Lock()
-	inactive := s.limits.inactiveFor
-	s.mu.Unlock()
-	return min(10*time.Second, max(inactive/4, 250*time.Millisecond))
-}
-
-func (s *store) evictInactive(now time.Time) {
-	var doomed []string
-	s.mu.Lock()
-	if s.limits.inactiveFor > 0 {
-		for back := s.lru.Back(); back != nil; back = s.lru.Back() {
-			e := back.Value.(*entry)
-			if now.Sub(e.lastUsed) < s.limits.inactiveFor {
-				break
-			}
-			if path, ok := s.removeLocked(e.meta.Key); ok {
-				doomed = append(doomed, s.condemnLocked(path))
-				s.stats.evictions++
+	defer s.mu.Unlock()
+	if len(s.passes) >= maxPasses {
+		now := time.Now()
+		for k, t := range s.passes {
+			if t.Before(now) || len(s.passes) >= maxPasses {
+				delete(s.passes, k)
 			}
 		}
 	}
-	s.mu.Unlock()
-	s.removeFiles(doomed)
+	s.passes[key] = until
 }
 
-func (s *store) keepMinFree() {
+// passing reports whether key was found uncacheable lately: its requests
+// go straight to S3.
+func (s *store) passing(key string, now time.Time) bool {
 	s.mu.Lock()
-	minFree := s.limits.minFreeBytes
-	s.mu.Unlock()
-	if minFree <= 0 {
-		return
+	defer s.mu.Unlock()
+	until, ok := s.passes[key]
+	if ok && !now.Before(until) {
+		delete(s.passes, key)
+		ok = false
 	}
-	for range 1000 { // bounded: at most 1000 evictions per tick
-		free, err := diskFree(s.dir)
-		if err != nil || free >= minFree {
-			return
-		}
-		s.mu.Lock()
-		back := s.lru.Back()
-		var doomed []string
-		if back != nil {
-			if path, ok := s.removeLocked(back.Value.(*entry).meta.Key); ok {
-				doomed = append(doomed, s.condemnLocked(path))
-				s.stats.evictions++
-			}
-		}
-		s.mu.Unlock()
-		if back == nil {
-			return
-		}
-		s.removeFiles(doomed)
-	}
-}
-
-// clearDir removes everything inside dir.
-func clearDir(dir string) error {
-	names, err := os.ReadDir(dir)
-	if err != nil {
-		return err
-	}
-	for _, n := range names {
-		if err := os.RemoveAll(filepath.Join(dir, n.Name())); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// ParseLevels reads nginx's levels syntax: one to three numbers, each 1 or
-// 2, separated by colons. The Caddyfile parser uses it to report a bad
-// value with its line.
-func ParseLevels(s string) ([]int, error) {
-	parts := strings.Split(s, ":")
-	if len(parts) > 3 {
-		return nil, fmt.Errorf("levels %q: at most three levels", s)
-	}
-	levels := make([]int, 0, len(parts))
-	for _, p := range parts {
-		n, err := strconv.Atoi(p)
-		if err != nil || n < 1 || n > 2 {
-			return nil, fmt.Errorf("levels %q: each level is 1 or 2, as in 1:2", s)
-		}
-		levels = append(levels, n)
-	}
-	return levels, nil
-}
-
-func formatLevels(levels []int) string {
-	parts := make([]string, len(levels))
-	for i, n := range levels {
-		parts[i] = strconv.Itoa(n)
-	}
-	return strings.Join(parts, ":")
-}
-
-func equalLevels(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
+	return ok
 }
