@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"mime"
 	"mime/multipart"
 	"net/http"
@@ -16,6 +17,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -148,14 +150,25 @@ func entryFiles(t *testing.T, dir string) map[string]int64 {
 	return files
 }
 
-// entryBytes is the total size of the entry files under dir.
+// entryBytes is the disk the entry files under dir take, as du counts it:
+// an entry's missing slices are holes, which take none.
 func entryBytes(t *testing.T, dir string) int64 {
 	t.Helper()
 	total := int64(0)
-	for _, size := range entryFiles(t, dir) {
-		total += size
+	for path := range entryFiles(t, dir) {
+		if info, err := os.Stat(path); err == nil {
+			total += allocated(info)
+		}
 	}
 	return total
+}
+
+// allocated is the disk a file takes: its blocks, not its size.
+func allocated(info fs.FileInfo) int64 {
+	if st, ok := info.Sys().(*syscall.Stat_t); ok {
+		return st.Blocks * 512
+	}
+	return info.Size()
 }
 
 // tempFiles lists dir/temp.
@@ -192,14 +205,30 @@ func exists(path string) bool {
 	return err == nil
 }
 
-// waitEntry waits for the entry file of obj. A fill commits its entry
-// just after the last byte has reached the clients, so a client that has
-// its whole body may be a moment ahead of the entry.
+// waitEntry waits for the entry file of obj to be complete and to hold
+// its bytes. A slice's last bytes reach its readers a moment before the
+// slice is sealed on disk, and the entry checked as a whole.
 func waitEntry(t *testing.T, dir string, obj s3test.Seeded) {
 	t.Helper()
 	path := entryPathFor(dir, obj)
-	if !waitFor(5*time.Second, func() bool { return exists(path) }) {
-		t.Fatalf("no entry file %s for %s within 5s; files: %v", path, obj.Key, entryFiles(t, dir))
+	if !waitFor(5*time.Second, func() bool { return entryHoldsBody(path, obj.Body) }) {
+		e, err := readEntryOnDisk(path)
+		t.Fatalf("no complete entry %s for %s within 5s: %d of %d slices present, holds the bytes %v, %v; files: %v",
+			path, obj.Key, e.count(), len(e.present), err == nil && e.holds(obj.Body), err, entryFiles(t, dir))
+	}
+}
+
+// wantNoBodyStored checks that no entry file under dir holds a byte of a
+// body: there may be entries with an object's metadata alone (an entry is
+// indexed once S3 has described the object), but no slice of a fetch that
+// failed.
+func wantNoBodyStored(t *testing.T, dir string) {
+	t.Helper()
+	time.Sleep(50 * time.Millisecond) // let the fills' workers finish
+	for path := range entryFiles(t, dir) {
+		if e, err := readEntryOnDisk(path); err != nil || e.count() != 0 {
+			t.Errorf("entry %s holds %d slices (%v), want none", path, e.count(), err)
+		}
 	}
 }
 
@@ -254,13 +283,13 @@ func fillEntry(t *testing.T, dir string, obj s3test.Seeded) {
 	waitEntry(t, dir, obj)
 }
 
-// wantMissFromS3 checks that a GET of obj is a MISS that costs exactly
-// one S3 GET.
+// wantMissFromS3 checks that a GET of obj is a MISS that fetches each of
+// its bytes from S3 exactly once.
 func wantMissFromS3(t *testing.T, obj s3test.Seeded) {
 	t.Helper()
 	env.proxy.Reset()
 	wantGet(t, obj, "MISS")
-	wantS3Gets(t, obj, 1)
+	wantS3Fetches(t, obj, 1)
 }
 
 // wantHitWithoutS3 checks that a GET of obj is a HIT that S3 never hears
@@ -285,15 +314,78 @@ func webpObjects(t *testing.T, n, size int, seed uint64) []s3test.Object {
 	return objs
 }
 
-// wantS3Gets checks that S3 saw exactly n requests since the last reset,
-// all of them GETs of obj.
-func wantS3Gets(t *testing.T, obj s3test.Seeded, n int) {
+// wantS3Fetches checks that, since the last reset, S3 saw only GETs of
+// obj's slices (ranged GETs of one slice each, as the cache fetches them)
+// and that each slice was fetched exactly times times: each byte of the
+// object came from S3 times times, no more. A cold object of one slice is
+// one GET.
+func wantS3Fetches(t *testing.T, obj s3test.Seeded, times int) {
 	t.Helper()
-	got := env.proxy.CountFor(http.MethodGet, s3Path(privateBucket, obj.S3Key))
-	if got != n || env.proxy.Count() != n {
-		t.Errorf("S3 saw %d GETs of %s and %d requests in all, want %d GETs and nothing else: %s",
-			got, obj.Key, env.proxy.Count(), n, describeS3Requests())
+	if !waitFor(2*time.Second, func() bool { return s3AnswersOver() }) {
+		t.Errorf("S3 answers still in progress after 2s: %s", describeS3Requests())
 	}
+	fetched := map[string]int{}
+	var bodyBytes int64
+	for _, r := range env.proxy.Requests() {
+		if r.Method != http.MethodGet || r.Path != s3Path(privateBucket, obj.S3Key) {
+			t.Errorf("S3 saw %s %s; want only slice GETs of %s: %s", r.Method, r.Path, obj.Key, describeS3Requests())
+			continue
+		}
+		fetched[r.Header.Get("Range")]++
+		bodyBytes += r.BodyBytes
+	}
+	slices := int((obj.Size + defaultSlice - 1) / defaultSlice)
+	if times == 0 || obj.Size == 0 {
+		slices = min(slices, 1)
+	}
+	want := map[string]int{}
+	for k := range slices {
+		want[sliceRange(int64(k))] = times
+	}
+	if times == 0 {
+		want = map[string]int{}
+	}
+	if !maps.Equal(fetched, want) || bodyBytes != int64(times)*obj.Size {
+		t.Errorf("S3 sent %d body bytes in ranged GETs %v; want each of the %d slices of %s (%d bytes) %d times: %s",
+			bodyBytes, fetched, slices, obj.Key, obj.Size, times, describeS3Requests())
+	}
+}
+
+// wantOneS3Get checks that, since the last reset, S3 saw exactly one
+// request, a GET of obj (a slice, or the whole object passed through), and
+// sent at most the object's bytes: for an answer that is not stored, or a
+// failure.
+func wantOneS3Get(t *testing.T, obj s3test.Seeded) {
+	t.Helper()
+	waitFor(2*time.Second, s3AnswersOver)
+	reqs := env.proxy.Requests()
+	if len(reqs) != 1 || reqs[0].Method != http.MethodGet || reqs[0].Path != s3Path(privateBucket, obj.S3Key) || reqs[0].BodyBytes > max(obj.Size, 4096) {
+		t.Errorf("S3 saw %s; want one GET of %s, of at most its %d bytes", describeS3Requests(), obj.Key, obj.Size)
+	}
+}
+
+// sliceRange is the Range header of the cache's GET of slice k.
+func sliceRange(k int64) string {
+	return fmt.Sprintf("bytes=%d-%d", k*defaultSlice, (k+1)*defaultSlice-1)
+}
+
+// s3AnswersOver reports whether every answer of the proxy since the last
+// reset is over (its status and bytes recorded).
+func s3AnswersOver() bool {
+	for _, r := range env.proxy.Requests() {
+		if r.Status == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// s3Bytes is the body bytes S3 sent for obj since the last reset, once
+// its answers are over.
+func s3Bytes(t *testing.T, obj s3test.Seeded) int64 {
+	t.Helper()
+	waitFor(5*time.Second, s3AnswersOver)
+	return env.proxy.BodyBytes("", s3Path(privateBucket, obj.S3Key))
 }
 
 // describeS3Requests lists what S3 saw and answered, for failure messages.

@@ -128,7 +128,17 @@ func TestEverySampleIsAHitByteExact(t *testing.T) {
 	for _, key := range allObjectKeys() {
 		t.Run(key, func(t *testing.T) {
 			obj := env.objects.Get(key)
-			wantMissFromS3(t, obj)
+			if obj.Size == 0 {
+				// S3 refuses a range of an empty object (416); a HEAD
+				// then says it is empty.
+				env.proxy.Reset()
+				wantGet(t, obj, "MISS")
+				if got := env.proxy.Counts(); len(got) != 2 || got["GET "+s3Path(privateBucket, obj.S3Key)] != 1 || got["HEAD "+s3Path(privateBucket, obj.S3Key)] != 1 {
+					t.Errorf("S3 saw %v for the empty object, want a GET and a HEAD", got)
+				}
+			} else {
+				wantMissFromS3(t, obj)
+			}
 			waitEntry(t, dir, obj)
 			wantHitWithoutS3(t, obj)
 		})

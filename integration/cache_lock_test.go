@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -11,10 +12,11 @@ import (
 	"github.com/s3mediacache/caddy-s3-media-cache/integration/s3test"
 )
 
-// A cold object wanted by a hundred clients at once costs one S3 GET, and
-// nobody waits for the whole fill: every client is streamed the bytes as
-// they come in, like nginx's proxy_cache_lock without its polling.
-func TestStampedeMakesOneS3GetAndStreamsToEveryone(t *testing.T) {
+// A cold object wanted by a hundred clients at once costs each of its
+// slices once from S3, and nobody waits for the whole fill: every client
+// is streamed the bytes as they come in, like nginx's proxy_cache_lock
+// without its polling.
+func TestStampedeFetchesEachSliceOnceAndStreamsToEveryone(t *testing.T) {
 	dir := t.TempDir()
 	obj := bigObject(t)
 	loadCache(t, dir)
@@ -104,8 +106,13 @@ func TestStampedeMakesOneS3GetAndStreamsToEveryone(t *testing.T) {
 		} else if ok, why := r.complete(c.wantStatus, c.want); !ok {
 			t.Errorf("%s: %s", name, why)
 		}
-		if r.err == nil {
+		// The first wave finds nothing: MISS. The second finds the
+		// entry the fill is writing: a HIT where every byte it needs is
+		// on disk already (a HEAD, a range of slices in), else a MISS.
+		if r.err == nil && c.wave == 1 {
 			wantMediaHeaders(t, r.response(), "MISS")
+		} else if got := r.header.Get("X-Cache-Status"); r.err == nil && got != "MISS" && got != "HIT" {
+			t.Errorf("%s: X-Cache-Status %q, want MISS or HIT", name, got)
 		}
 		if got := r.header.Get("Content-Range"); got != c.wantRange {
 			t.Errorf("%s: Content-Range = %q, want %q", name, got, c.wantRange)
@@ -124,7 +131,7 @@ func TestStampedeMakesOneS3GetAndStreamsToEveryone(t *testing.T) {
 	} else {
 		t.Logf("median time to first byte %s, slowest %s", m, ttfbs[len(ttfbs)-1])
 	}
-	wantS3Gets(t, obj, 1)
+	wantS3Fetches(t, obj, 1)
 
 	waitEntry(t, dir, obj)
 	wantHitWithoutS3(t, obj)
@@ -163,50 +170,118 @@ func TestFillSurvivesItsFirstClientLeaving(t *testing.T) {
 		if ok, why := follower.complete(http.StatusOK, obj.Body); !ok {
 			t.Errorf("the client that stayed: %s", why)
 		}
-		wantS3Gets(t, obj, 1)
+		wantS3Fetches(t, obj, 1)
 		waitEntry(t, dir, obj)
 		wantHitWithoutS3(t, obj)
 	})
 
-	t.Run("nobody else waiting", func(t *testing.T) {
+	t.Run("a small object is fetched whole, its client gone", func(t *testing.T) {
+		dir := t.TempDir()
+		loadCache(t, dir)
+		small := env.objects.Get(s3test.KeyOneMB) // under fill_ahead
+		env.proxy.SetFault(s3test.Fault{BytesPerSecond: 2 << 20})
+		ctx, leave := context.WithCancel(context.Background())
+		r := stream(ctx, http.MethodGet, env.baseURL()+urlPath(small.Key), leave)
+		if r.n >= small.Size {
+			t.Fatalf("the client got all %d bytes before leaving", r.n)
+		}
+		// The fill goes on alone and lands on disk.
+		waitEntry(t, dir, small)
+		wantS3Fetches(t, small, 1)
+		wantHitWithoutS3(t, small)
+	})
+
+	t.Run("a large object is fetched no further than the read-ahead", func(t *testing.T) {
 		dir := t.TempDir()
 		loadCache(t, dir)
 		env.proxy.SetFault(s3test.Fault{BytesPerSecond: fastLink})
-
 		ctx, leave := context.WithCancel(context.Background())
 		r := stream(ctx, http.MethodGet, url, leave)
 		if r.n >= obj.Size {
 			t.Fatalf("the client got all %d bytes before leaving", r.n)
 		}
-		// The fill goes on alone and lands on disk.
+		// Once the slices in flight are in, nothing more is fetched.
+		waitS3Quiet(t, time.Second)
+		pulled := s3Bytes(t, obj)
+		if limit := r.n + fillAhead + 2*defaultSlice; pulled > limit {
+			t.Errorf("S3 sent %d bytes for a client that read %d and left; want at most %d (what it read, fill_ahead and the slice in flight)", pulled, r.n, limit)
+		}
+		e, err := readEntryOnDisk(entryPathFor(dir, obj))
+		if err != nil || e.complete() || !e.holds(obj.Body) {
+			t.Errorf("entry after the client left: %d of %d slices, holds the bytes %v, %v; want some, right", e.count(), len(e.present), err == nil && e.holds(obj.Body), err)
+		}
+		t.Logf("the client read %d bytes; S3 sent %d (%d of %d slices stored)", r.n, pulled, e.count(), len(e.present))
+
+		// The next client gets everything, and S3 only the slices
+		// that were missing: no slice twice over both clients.
+		wantGet(t, obj, "MISS")
 		waitEntry(t, dir, obj)
-		wantS3Gets(t, obj, 1)
-		wantHitWithoutS3(t, obj)
+		ranges := map[string]int{}
+		for _, req := range env.proxy.Requests() {
+			ranges[req.Header.Get("Range")]++
+		}
+		for rng, n := range ranges {
+			if n > 1 {
+				t.Errorf("%s fetched %d times", rng, n)
+			}
+		}
+		if pulled := s3Bytes(t, obj); pulled != obj.Size {
+			t.Errorf("S3 sent %d bytes over both clients, want the object's %d exactly", pulled, obj.Size)
+		}
 	})
 }
 
-// If S3 fails mid-body, everyone reading the fill sees a broken transfer,
-// never a complete-looking 200, and nothing is stored.
+// fillAhead is the default fill_ahead: the read-ahead a reader may earn,
+// and the size up to which an object is fetched whole once started.
+const fillAhead = 4 << 20
+
+// waitS3Quiet waits until S3 has had no request in progress for quiet,
+// bounded at 30s.
+func waitS3Quiet(t *testing.T, quiet time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	since := time.Now()
+	for time.Now().Before(deadline) {
+		if !s3AnswersOver() {
+			since = time.Now()
+		} else if time.Since(since) >= quiet {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("S3 still busy after 30s: %s", describeS3Requests())
+}
+
+// If S3 fails mid-body, everyone reading the slice that broke sees a
+// broken transfer, never a complete-looking 200, and no byte of the broken
+// slice is stored.
 func TestS3FailureMidFillAbortsEveryReaderAndStoresNothing(t *testing.T) {
 	obj := bigObject(t)
 
 	t.Run("body cut", func(t *testing.T) {
 		dir := t.TempDir()
 		loadCache(t, dir)
-		env.proxy.SetFault(s3test.Fault{BytesPerSecond: fastLink, CutAfter: 4 << 20})
+		// Every answer of S3 breaks half-way through its slice.
+		env.proxy.SetFault(s3test.Fault{BytesPerSecond: fastLink, CutAfter: defaultSlice / 2})
 		abortedFill(t, dir, obj, func() {})
+		for rng, n := range rangeCounts() {
+			if n > 1 {
+				t.Errorf("S3 saw %s %d times: a reader of a failed slice asked again: %v", rng, n, env.proxy.Counts())
+			}
+		}
+		wantNoBodyStored(t, dir)
 		env.proxy.ClearFault()
 		recovered(t, dir, obj)
 	})
 
 	// SIGTERM lets versitygw finish the responses in flight (the whole
-	// object arrives, and rightly is stored); SIGKILL is the crash this
+	// slice arrives, and rightly is stored); SIGKILL is the crash this
 	// is about.
 	t.Run("versitygw killed", func(t *testing.T) {
 		dir := t.TempDir()
 		loadCache(t, dir)
 		restartGatewayAtCleanup(t)
-		env.proxy.SetFault(s3test.Fault{BytesPerSecond: fastLink / 4})
+		env.proxy.SetFault(s3test.Fault{BytesPerSecond: fastLink / 8})
 		abortedFill(t, dir, obj, func() {
 			if err := env.gateway.Kill(); err != nil {
 				t.Error(err)
@@ -222,7 +297,8 @@ func TestS3FailureMidFillAbortsEveryReaderAndStoresNothing(t *testing.T) {
 
 // abortedFill starts a fill of obj with three readers, calls fail once
 // they all have bytes, and checks that each of them sees the transfer
-// break and that nothing is left in the cache.
+// break, that no waiting reader sent S3 the failed slice again, and that
+// nothing was stored.
 func abortedFill(t *testing.T, dir string, obj s3test.Seeded, fail func()) {
 	t.Helper()
 	url := env.baseURL() + urlPath(obj.Key)
@@ -246,19 +322,52 @@ func abortedFill(t *testing.T, dir string, obj s3test.Seeded, fail func()) {
 			t.Errorf("client %d: got %d bytes that are not the object's", i, r.n)
 		}
 	}
-	if n := env.proxy.CountFor(http.MethodGet, s3Path(privateBucket, obj.S3Key)); n != 1 {
-		t.Errorf("S3 GETs = %d, want 1 shared by the three clients: %v", n, env.proxy.Counts())
+	// A slice may have been tried again by a reader that came to it
+	// after the failure, never by one that was waiting for it.
+	for rng, n := range rangeCounts() {
+		if n > len(results) {
+			t.Errorf("S3 saw %s %d times for %d readers: %v", rng, n, len(results), env.proxy.Counts())
+		}
 	}
 	wantTempEmpty(t, dir)
-	wantNoEntry(t, dir)
+	// Slices that were whole before the failure may be kept; none holds
+	// a wrong byte.
+	if e, err := readEntryOnDisk(entryPathFor(dir, obj)); err == nil && !e.holds(obj.Body) {
+		t.Errorf("the entry holds wrong bytes after the failure")
+	}
 }
 
-// recovered checks that, S3 being fine again, obj is fetched anew and
-// stored.
+// rangeCounts counts the S3 GETs since the last reset by Range header.
+func rangeCounts() map[string]int {
+	counts := map[string]int{}
+	for _, r := range env.proxy.Requests() {
+		if r.Method == http.MethodGet {
+			counts[r.Header.Get("Range")]++
+		}
+	}
+	return counts
+}
+
+// recovered checks that, S3 being fine again, obj is served whole and
+// stored, with only what is not already stored fetched, once: slices
+// sealed stay, and a slice cut midway is resumed after its whole blocks.
 func recovered(t *testing.T, dir string, obj s3test.Seeded) {
 	t.Helper()
-	wantMissFromS3(t, obj)
+	stored := int64(0)
+	if e, err := readEntryOnDisk(entryPathFor(dir, obj)); err == nil {
+		stored = e.storedBytes()
+	}
+	env.proxy.Reset()
+	wantGet(t, obj, "MISS")
 	waitEntry(t, dir, obj)
+	for rng, n := range rangeCounts() {
+		if n != 1 {
+			t.Errorf("S3 saw %s %d times, want once", rng, n)
+		}
+	}
+	if pulled, want := s3Bytes(t, obj), obj.Size-stored; pulled != want {
+		t.Errorf("S3 sent %d bytes, want %d: the object less the %d bytes already stored", pulled, want, stored)
+	}
 }
 
 // lock off is nginx's proxy_cache_lock off: concurrent requests for a key
@@ -284,48 +393,73 @@ func TestLockOffSendsConcurrentRequestsToS3(t *testing.T) {
 			t.Errorf("client %d: %s", i, why)
 		}
 	}
-	// The first client's fill, and one GET of their own for the others.
-	wantS3Gets(t, obj, len(results))
+	// The first client's fill, one slice at a time, and one whole GET
+	// of their own for the others.
 	waitEntry(t, dir, obj)
+	counts := rangeCounts()
+	if counts[""] != len(results)-1 {
+		t.Errorf("%d GETs of the whole object, want one for each of the %d clients that came after the first: %v",
+			counts[""], len(results)-1, counts)
+	}
+	delete(counts, "")
+	for k := range int64(obj.Size / defaultSlice) {
+		if counts[sliceRange(k)] != 1 {
+			t.Errorf("slice %d fetched %d times by the fill, want once: %v", k, counts[sliceRange(k)], counts)
+		}
+	}
 }
 
-// Whatever the first request for a cold key is (a Range, a HEAD, a
-// conditional GET), the fill is one full, unconditional GET, and the
-// request is answered from it.
-func TestColdRequestsOfAnyKindFillTheWholeObject(t *testing.T) {
+// A cold request fetches what it needs and no more: a Range the slice
+// that holds it, a HEAD no body at all (S3's HEAD), a conditional GET the
+// first slice. What S3 is asked is the cache's own request, never the
+// client's range or validators, so what is stored is the object itself;
+// the next GET completes the entry.
+func TestColdRequestsFetchOnlyWhatTheyNeed(t *testing.T) {
 	obj := env.objects.Get(s3test.KeyOneMB)
 	cases := []struct {
 		name    string
 		method  string
 		headers []string
 		check   func(t *testing.T, r response)
+		s3      []string // what S3 sees: "GET <Range>" or "HEAD"
 	}{
 		{"Range", http.MethodGet, []string{"Range: bytes=100-199"}, func(t *testing.T, r response) {
 			wantOutcome(t, r, http.StatusPartialContent, obj.Body[100:200], "MISS")
 			wantContentRange(t, r, fmt.Sprintf("bytes 100-199/%d", obj.Size))
-		}},
+		}, []string{"GET " + sliceRange(0)}},
 		{"HEAD", http.MethodHead, nil, func(t *testing.T, r response) {
 			if r.status != http.StatusOK || r.length != obj.Size || len(r.body) != 0 {
 				t.Errorf("status %d, Content-Length %d, %d body bytes; want 200, %d, none", r.status, r.length, len(r.body), obj.Size)
 			}
 			wantMediaHeaders(t, r, "MISS")
-		}},
+		}, []string{"HEAD "}},
 		{"If-None-Match", http.MethodGet, []string{"If-None-Match: " + obj.ETag}, func(t *testing.T, r response) {
 			wantOutcome(t, r, http.StatusNotModified, nil, "MISS")
-		}},
+		}, []string{"GET " + sliceRange(0)}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			dir := t.TempDir()
 			loadCache(t, dir)
 			c.check(t, do(t, c.method, urlPath(obj.Key), c.headers...))
-			wantS3Gets(t, obj, 1)
+			var seen []string
 			for _, r := range env.proxy.Requests() {
-				for _, h := range []string{"Range", "If-None-Match", "If-Modified-Since", "If-Match"} {
+				seen = append(seen, r.Method+" "+r.Header.Get("Range"))
+				for _, h := range []string{"If-None-Match", "If-Modified-Since", "If-Match"} {
 					if v := r.Header.Get(h); v != "" {
-						t.Errorf("the fill's GET carried the client's %s: %q", h, v)
+						t.Errorf("the cache's request carried the client's %s: %q", h, v)
 					}
 				}
+			}
+			if !slices.Equal(seen, c.s3) {
+				t.Errorf("S3 saw %v, want %v", seen, c.s3)
+			}
+			env.proxy.Reset()
+			if c.method == http.MethodHead {
+				// The entry has the object's metadata and no body:
+				// the next GET fetches it.
+				wantGet(t, obj, "MISS")
+				wantS3Fetches(t, obj, 1)
 			}
 			waitEntry(t, dir, obj)
 			wantHitWithoutS3(t, obj)
@@ -333,11 +467,10 @@ func TestColdRequestsOfAnyKindFillTheWholeObject(t *testing.T) {
 	}
 }
 
-// lock_timeout bounds how long a request waits for someone else's fill to
-// get S3's headers; past it, that request goes to S3 on its own, like
-// nginx's proxy_cache_lock_timeout. The fill itself is not abandoned, nor
-// duplicated for the request that started it.
-func TestLockTimeoutSendsWaitersToS3(t *testing.T) {
+// A slow first byte from S3 is waited for, not stampeded: with S3 taking
+// longer to answer than lock_timeout, every client shares the one fetch
+// (nginx's proxy_cache_lock_timeout would send each waiter to S3 itself).
+func TestSlowFirstByteIsWaitedForNotStampeded(t *testing.T) {
 	dir := t.TempDir()
 	obj := env.objects.Get(s3test.KeyCachedMP4)
 	loadCache(t, dir, "lock_timeout 500ms")
@@ -345,18 +478,53 @@ func TestLockTimeoutSendsWaitersToS3(t *testing.T) {
 	env.proxy.SetFault(s3test.Fault{Delay: 1500 * time.Millisecond})
 
 	url := env.baseURL() + urlPath(obj.Key)
-	var leader, waiter streamed
+	results := make([]streamed, 20)
 	var wg sync.WaitGroup
-	wg.Go(func() { leader = stream(context.Background(), http.MethodGet, url, nil) })
-	time.Sleep(100 * time.Millisecond)
-	wg.Go(func() { waiter = stream(context.Background(), http.MethodGet, url, nil) })
+	for i := range results {
+		wg.Go(func() { results[i] = stream(context.Background(), http.MethodGet, url, nil) })
+	}
 	wg.Wait()
-	for name, r := range map[string]streamed{"first client": leader, "waiter": waiter} {
+	for i, r := range results {
 		if ok, why := r.complete(http.StatusOK, obj.Body); !ok {
-			t.Errorf("%s: %s", name, why)
+			t.Errorf("client %d: %s", i, why)
 		}
 	}
-	// One GET for the fill, one for the waiter that gave up on it.
-	wantS3Gets(t, obj, 2)
+	wantS3Fetches(t, obj, 1)
+	waitEntry(t, dir, obj)
+}
+
+// lock_timeout counts from the last byte a fetch received: when a fetch
+// stops sending for that long, the requests waiting for it read the rest
+// from S3 themselves, and the stalled fetch, once it resumes, still
+// stores its slice.
+func TestLockTimeoutCountsFromTheLastByte(t *testing.T) {
+	dir := t.TempDir()
+	obj := env.objects.Get(s3test.KeyOneMB)
+	loadCache(t, dir, "lock_timeout 500ms")
+	// The cache's fetch stalls for 3s after 100 KB; the requests that
+	// give up on it are served at once.
+	env.proxy.SetFault(s3test.Fault{StallAfter: 100 << 10, Stall: 3 * time.Second, Times: 1})
+
+	url := env.baseURL() + urlPath(obj.Key)
+	results := make([]streamed, 3)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i := range results {
+		wg.Go(func() { results[i] = stream(context.Background(), http.MethodGet, url, nil) })
+	}
+	wg.Wait()
+	for i, r := range results {
+		if ok, why := r.complete(http.StatusOK, obj.Body); !ok {
+			t.Errorf("client %d: %s", i, why)
+		}
+		if took := r.lastByte.Sub(start); took > 2500*time.Millisecond {
+			t.Errorf("client %d took %s: it waited out the stall instead of giving up after lock_timeout", i, took)
+		}
+	}
+	// The fill's GET, and one GET of the rest for each waiter.
+	counts := rangeCounts()
+	if counts[sliceRange(0)] != 1 || len(env.proxy.Requests()) != 1+len(results) {
+		t.Errorf("S3 saw %v, want the fill's slice once and one GET for each of the %d clients", counts, len(results))
+	}
 	waitEntry(t, dir, obj)
 }

@@ -232,7 +232,7 @@ func TestClusterCachesEachObjectOnOneNode(t *testing.T) {
 	}
 	env.proxy.Reset()
 	wantGet(t, obj, "MISS")
-	wantS3Gets(t, obj, 1)
+	wantS3Fetches(t, obj, 1)
 	if h := nodeHolding(t, dirs, obj); h != node {
 		t.Errorf("after the purge %s was cached on node %d, want node %d", obj.Key, h, node)
 	}

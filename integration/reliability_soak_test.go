@@ -29,7 +29,7 @@ const loadArea = "load"
 // soakSample is what the soak measures of the child Caddy once a second.
 type soakSample struct {
 	at         time.Duration
-	diskBytes  int64 // every file under cache_dir, entries and temp
+	diskBytes  int64 // the disk taken by every file under cache_dir, entries and temp (du)
 	rssBytes   int64
 	fds        int
 	goroutines int
@@ -353,7 +353,7 @@ func dirBytes(t *testing.T, dir string) int64 {
 		if err != nil {
 			return err
 		}
-		total += info.Size()
+		total += allocated(info)
 		return nil
 	})
 	if err != nil {

@@ -82,6 +82,9 @@ type Fault struct {
 	// response body is passed on, per request (so per connection): a
 	// slow link to S3, which stretches a fill over seconds.
 	BytesPerSecond int64
+	// Times, when positive, limits the fault to the first Times requests
+	// it matches; later ones are forwarded untouched.
+	Times int
 }
 
 // Proxy is a recording reverse proxy on 127.0.0.1 in front of an S3
@@ -105,6 +108,11 @@ type Proxy struct {
 	// recorded on a request of the next round.
 	resets int
 	fault  Fault
+	// faulted counts the requests the current fault has struck.
+	faulted int
+	// inFlight is the number of requests being answered now, and peak
+	// the most since the last Reset.
+	inFlight, peak int
 }
 
 // NewProxy starts a proxy to target (e.g. a Gateway's Endpoint) on a free
@@ -152,6 +160,7 @@ func (p *Proxy) SetFault(f Fault) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.fault = f
+	p.faulted = 0
 }
 
 // ClearFault goes back to plain forwarding.
@@ -164,6 +173,30 @@ func (p *Proxy) Reset() {
 	p.requests = nil
 	p.resets++
 	p.fault = Fault{}
+	p.faulted = 0
+	p.peak = p.inFlight
+}
+
+// Peak is the most requests the proxy was answering at once since the
+// last Reset: what S3 would see of a client's concurrency.
+func (p *Proxy) Peak() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.peak
+}
+
+// BodyBytes is the total of body bytes the proxy sent in answers to
+// requests with this method and decoded path since the last Reset (an
+// empty method matches any). Answers still in progress count what they
+// sent so far only once they are over.
+func (p *Proxy) BodyBytes(method, path string) int64 {
+	var n int64
+	for _, r := range p.Requests() {
+		if (method == "" || r.Method == method) && r.Path == path {
+			n += r.BodyBytes
+		}
+	}
+	return n
 }
 
 // Requests returns a copy of the requests received since the last Reset.
@@ -224,6 +257,16 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 		Header:      r.Header.Clone(),
 	})
 	fault := p.fault
+	if fault.PathContains != "" && !strings.Contains(r.URL.Path, fault.PathContains) {
+		fault = Fault{}
+	} else if fault.Times > 0 {
+		if p.faulted >= fault.Times {
+			fault = Fault{}
+		}
+		p.faulted++
+	}
+	p.inFlight++
+	p.peak = max(p.peak, p.inFlight)
 	p.mu.Unlock()
 	rec := &answerRecorder{ResponseWriter: w}
 	w = rec
@@ -231,6 +274,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 	// answer is still worth recording.
 	defer func() {
 		p.mu.Lock()
+		p.inFlight--
 		if p.resets == round && index < len(p.requests) {
 			p.requests[index].Status = rec.status
 			p.requests[index].BodyBytes = rec.bytes
@@ -238,9 +282,6 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 		p.mu.Unlock()
 	}()
 
-	if fault.PathContains != "" && !strings.Contains(r.URL.Path, fault.PathContains) {
-		fault = Fault{}
-	}
 	if fault.Delay > 0 && !p.wait(r.Context(), fault.Delay) {
 		return
 	}
