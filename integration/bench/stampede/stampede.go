@@ -42,6 +42,11 @@ type Options struct {
 	// Timeout bounds the whole run, dialling included; a client not done
 	// by then is cut and counted as failed.
 	Timeout time.Duration
+	// HangUp makes every client close its connection as soon as it has
+	// the response headers, as a viewer scrolling past a video does:
+	// what it keeps is the status and whatever body bytes came with the
+	// headers. Bodies are not checked.
+	HangUp bool
 }
 
 // Client is what one client saw. Times are from the common release.
@@ -53,7 +58,10 @@ type Client struct {
 	TTFB        time.Duration `json:"ttfb_ns"`
 	TTLB        time.Duration `json:"ttlb_ns"`
 	BodyOK      bool          `json:"body_ok"`
-	Error       string        `json:"error,omitempty"`
+	// HungUp is set when the client left after the headers (HangUp);
+	// Bytes are then the body bytes that had arrived with them.
+	HungUp bool   `json:"hung_up,omitempty"`
+	Error  string `json:"error,omitempty"`
 }
 
 // Result is a whole run.
@@ -63,17 +71,52 @@ type Result struct {
 	Wall time.Duration `json:"wall_ns"`
 }
 
-// Failed lists the clients that did not get a 200 with the right bytes,
-// one line each, for an error message.
+// Failed lists the clients that did not get a 200 with the right bytes
+// (or, those that hung up, a 200's headers), one line each, for an error
+// message.
 func (r Result) Failed() []string {
+	return r.describe(func(c Client) bool {
+		return c.Status != http.StatusOK || !(c.BodyOK || c.HungUp) || c.Error != ""
+	})
+}
+
+// WrongBodies lists the clients that got a 200 with the wrong bytes: a
+// complete-looking answer that is not the object, or one cut short. A
+// client that got another status, or none, is not in it.
+func (r Result) WrongBodies() []string {
+	return r.describe(func(c Client) bool {
+		return c.Status == http.StatusOK && !c.HungUp && !c.BodyOK
+	})
+}
+
+func (r Result) describe(match func(Client) bool) []string {
 	var out []string
 	for i, c := range r.Clients {
-		if c.Status != http.StatusOK || !c.BodyOK || c.Error != "" {
+		if match(c) {
 			out = append(out, fmt.Sprintf("client %d (target %d): status %d, %d bytes, body ok %t, %s",
 				i, c.Target, c.Status, c.Bytes, c.BodyOK, c.Error))
 		}
 	}
 	return out
+}
+
+// Statuses counts the clients by the status they got; 0 for those that
+// got no response.
+func (r Result) Statuses() map[int]int {
+	out := map[int]int{}
+	for _, c := range r.Clients {
+		out[c.Status]++
+	}
+	return out
+}
+
+// BodyBytes is the body bytes all clients received.
+func (r Result) BodyBytes() int64 {
+	var n int64
+	for _, c := range r.Clients {
+		n += c.Bytes
+	}
+	return n
 }
 
 // TTFBs returns every client's time to first byte, sorted.
@@ -154,7 +197,7 @@ func Run(ctx context.Context, opts Options) (Result, error) {
 			stop := context.AfterFunc(ctx, func() { conn.Close() })
 			defer stop()
 			<-release
-			fetch(c, conn, requests[target], opts.Targets[target], start)
+			fetch(c, conn, requests[target], opts.Targets[target], start, opts.HangUp)
 		}()
 	}
 	dialled.Wait()
@@ -167,14 +210,16 @@ func Run(ctx context.Context, opts Options) (Result, error) {
 	return res, ctx.Err()
 }
 
-// fetch sends one request on conn and reads the response into c.
-func fetch(c *Client, conn net.Conn, request []byte, want Target, start time.Time) {
+// fetch sends one request on conn and reads the response into c, or only
+// its headers when hangUp is set.
+func fetch(c *Client, conn net.Conn, request []byte, want Target, start time.Time, hangUp bool) {
 	if _, err := conn.Write(request); err != nil {
 		c.Error = "write: " + err.Error()
 		return
 	}
 	fr := &firstByteReader{r: conn}
-	resp, err := http.ReadResponse(bufio.NewReaderSize(fr, 64<<10), nil)
+	br := bufio.NewReaderSize(fr, 64<<10)
+	resp, err := http.ReadResponse(br, nil)
 	if !fr.first.IsZero() {
 		c.TTFB = fr.first.Sub(start)
 	}
@@ -186,6 +231,18 @@ func fetch(c *Client, conn net.Conn, request []byte, want Target, start time.Tim
 	defer resp.Body.Close()
 	c.Status = resp.StatusCode
 	c.CacheStatus = resp.Header.Get("X-Cache-Status")
+	if hangUp {
+		// Closed now, before the deferred Close of the body, which would
+		// otherwise read the body to its end.
+		conn.Close()
+		c.HungUp = true
+		c.Bytes = int64(br.Buffered())
+		if resp.ContentLength >= 0 {
+			c.Bytes = min(c.Bytes, resp.ContentLength)
+		}
+		c.TTLB = time.Since(start)
+		return
+	}
 	h := sha256.New()
 	c.Bytes, err = io.Copy(h, resp.Body)
 	c.TTLB = time.Since(start)

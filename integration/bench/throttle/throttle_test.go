@@ -7,17 +7,29 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
 
-// origin serves n bytes of 'x' at /size/<n>.
+// origin serves n bytes of 'x' at /size/<n>, with an ETag and Range
+// requests answered as S3 does (http.ServeContent), and at /chunked/<n>
+// without a Content-Length, in ten flushed pieces.
 func origin(t *testing.T) *httptest.Server {
 	t.Helper()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		n, _ := strconv.Atoi(r.URL.Path[len("/size/"):])
-		w.Header().Set("Content-Length", strconv.Itoa(n))
-		_, _ = w.Write(bytes.Repeat([]byte{'x'}, n))
+		kind, size, _ := strings.Cut(strings.TrimPrefix(r.URL.Path, "/"), "/")
+		n, _ := strconv.Atoi(size)
+		body := bytes.Repeat([]byte{'x'}, n)
+		if kind == "chunked" {
+			for i := range 10 {
+				_, _ = w.Write(body[i*n/10 : (i+1)*n/10])
+				w.(http.Flusher).Flush()
+			}
+			return
+		}
+		w.Header().Set("ETag", `"x"`)
+		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(body))
 	}))
 	t.Cleanup(srv.Close)
 	return srv

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"os"
+	"slices"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -35,6 +37,8 @@ type object struct {
 	seed        uint64
 	sha256      string
 	contentType string
+	// file, when set, holds the body instead of seed: a generated video.
+	file string
 }
 
 func newObject(key string, size int64, seed uint64, contentType string) object {
@@ -53,7 +57,31 @@ func (o object) path() string { return "/" + o.key }
 // s3Path is the object's path through the throttling proxy, path-style.
 func (o object) s3Path() string { return "/" + bucket + "/" + o.key }
 
-func (o object) body() []byte { return s3test.RandomBytes(int(o.size), o.seed) }
+func (o object) body() ([]byte, error) {
+	if o.file != "" {
+		b, err := os.ReadFile(o.file)
+		if err == nil && int64(len(b)) != o.size {
+			err = fmt.Errorf("%s changed size since the run started", o.file)
+		}
+		return b, err
+	}
+	return s3test.RandomBytes(int(o.size), o.seed), nil
+}
+
+// newFileObject is an object whose body is the file at path.
+func newFileObject(key, path, contentType string) (object, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return object{}, err
+	}
+	return object{key: key, size: int64(len(b)), sha256: s3test.SHA256Hex(b), contentType: contentType, file: path}, nil
+}
+
+// newUnreadObject is an object no client reads whole, so its SHA-256 is
+// not worked out: the disconnect storm's are 10 GB.
+func newUnreadObject(key string, size int64, seed uint64, contentType string) object {
+	return object{key: key, size: size, seed: seed, contentType: contentType}
+}
 
 // catalogue is every object a run uses, by purpose. Each cold object is
 // asked for by one scenario only, so it is still cold in both caches when
@@ -76,6 +104,22 @@ type catalogue struct {
 	// fillers are only fetched through Caddy, to fill its cache before the
 	// restart scenario.
 	fillers []object
+
+	// The cold objects of the scenarios of issue 11 (sliced fills), each
+	// made and seeded only when its scenario runs: the storm's alone
+	// are 10 GB. They are cached after the restart scenario, so they are
+	// not in fixed().
+	//
+	// storm are the disconnect storm's, one per client.
+	storm []object
+	// heads get a HEAD each, ranges a Range: bytes=0-0.
+	heads, ranges []object
+	// suffix gets a Range: bytes=-500.
+	suffix object
+	// videos are the two MP4s ffprobe reads: moov at the end, faststart.
+	videos []video
+	// firstByte is the slow-first-byte stampede's.
+	firstByte object
 }
 
 // Seeds for the generated bodies. Different objects must have different
@@ -84,6 +128,8 @@ const (
 	seedHot = 1 + iota
 	seedCold
 	seedMemory      = 100
+	seedStorm       = 500 // to 500 + stormObjects
+	seedSliced      = 800
 	seedWorkingSet  = 1_000
 	seedFillers     = 1_000_000
 	mediaKeyPattern = "media_attachments/files/%s/original/%s"
@@ -102,6 +148,29 @@ func newCatalogue(cfg config) catalogue {
 	for i := range cfg.memoryObjects {
 		c.memory = append(c.memory, newObject(fmt.Sprintf(mediaKeyPattern, fmt.Sprintf("112/000/000/%03d", i), "memory.mp4"),
 			cfg.bigSize, uint64(seedMemory+i), "video/mp4"))
+	}
+	if cfg.selected("disconnect storm") {
+		for i := range cfg.stormObjects {
+			c.storm = append(c.storm, newUnreadObject(fmt.Sprintf(mediaKeyPattern, fmt.Sprintf("115/000/000/%03d", i), "storm.mp4"),
+				cfg.stormSize, uint64(seedStorm+i), "video/mp4"))
+		}
+	}
+	if cfg.selected("cold HEAD and Range 0-0") {
+		for i := range 5 {
+			o := newObject(fmt.Sprintf(mediaKeyPattern, fmt.Sprintf("115/001/000/%03d", i), "head-or-range.mp4"),
+				cfg.headRangeSize, uint64(seedSliced+i), "video/mp4")
+			if i < 3 {
+				c.heads = append(c.heads, o)
+			} else {
+				c.ranges = append(c.ranges, o)
+			}
+		}
+	}
+	if cfg.selected("cold suffix Range") {
+		c.suffix = newObject(fmt.Sprintf(mediaKeyPattern, "115/002/000/000", "suffix.mp4"), cfg.suffixSize, seedSliced+5, "video/mp4")
+	}
+	if cfg.selected("slow first byte") {
+		c.firstByte = newObject(fmt.Sprintf(mediaKeyPattern, "115/003/000/000", "slow-first-byte.webp"), cfg.firstByteSize, seedSliced+6, "image/webp")
 	}
 	for i := range cfg.workingSet {
 		c.workingSet = append(c.workingSet, newObject(
@@ -130,6 +199,21 @@ func (c catalogue) fixed() []object {
 	return append(out, c.workingSet...)
 }
 
+// sliced is every object of the scenarios of issue 11 that run.
+func (c catalogue) sliced() []object {
+	out := append(slices.Clone(c.storm), c.heads...)
+	out = append(out, c.ranges...)
+	for _, o := range []object{c.suffix, c.firstByte} {
+		if o.key != "" {
+			out = append(out, o)
+		}
+	}
+	for _, v := range c.videos {
+		out = append(out, v.object)
+	}
+	return out
+}
+
 // seed uploads objs, several at once, and stops at the first error. With
 // budget > 0 it also stops, without error, once budget has passed, and
 // returns how many objects (a prefix of objs) were stored.
@@ -140,8 +224,11 @@ func seed(ctx context.Context, client *s3.Client, objs []object, budget time.Dur
 }
 
 func put(ctx context.Context, client *s3.Client, o object) error {
-	body := o.body()
-	_, err := client.PutObject(ctx, &s3.PutObjectInput{
+	body, err := o.body()
+	if err != nil {
+		return err
+	}
+	_, err = client.PutObject(ctx, &s3.PutObjectInput{
 		Bucket:        aws.String(bucket),
 		Key:           aws.String(o.key),
 		Body:          bytes.NewReader(body),

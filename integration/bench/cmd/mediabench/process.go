@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"os/exec"
@@ -137,10 +138,17 @@ func currentRSS(pids []int) (int64, error) {
 	return sumStatus(pids, "VmRSS:")
 }
 
+// sumStatus adds up a "Name: N kB" field of the processes' status files,
+// in bytes. A process that has exited since pids was listed is left out:
+// nginx's cache loader exits a minute after nginx starts, which may be in
+// the middle of a scenario.
 func sumStatus(pids []int, field string) (int64, error) {
 	var total int64
 	for _, pid := range pids {
 		f, err := os.Open(filepath.Join("/proc", strconv.Itoa(pid), "status"))
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
 		if err != nil {
 			return 0, fmt.Errorf("reading the memory of pid %d: %w", pid, err)
 		}
@@ -165,10 +173,15 @@ func sumStatus(pids []int, field string) (int64, error) {
 }
 
 // resetPeakRSS makes each process's VmHWM start again from its current
-// RSS (Linux's clear_refs "5"), so a scenario measures its own peak.
+// RSS (Linux's clear_refs "5"), so a scenario measures its own peak. A
+// process that has exited meanwhile is left out, as in sumStatus.
 func resetPeakRSS(pids []int) error {
 	for _, pid := range pids {
-		if err := os.WriteFile(filepath.Join("/proc", strconv.Itoa(pid), "clear_refs"), []byte("5"), 0); err != nil {
+		err := os.WriteFile(filepath.Join("/proc", strconv.Itoa(pid), "clear_refs"), []byte("5"), 0)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
 			return fmt.Errorf("resetting the peak RSS of pid %d: %w", pid, err)
 		}
 	}

@@ -86,9 +86,14 @@ type target struct {
 	// meet it.
 	ok func(ours float64, ratio float64) bool
 	// correctness targets (S3 request counts) are checked in every mode,
-	// and a miss fails the run; the others are timings.
+	// and a miss fails the run; the others are timings, or counted.
 	correctness bool
-	ratio       float64
+	// counted targets are on what the throttling proxy counted (S3 body
+	// bytes, requests, 503s): they hold or not on any machine, so they
+	// are evaluated in quick mode too, but a miss is reported, not
+	// failed, for now: they are issue 11's, which today's engine misses.
+	counted bool
+	ratio   float64
 }
 
 func ratioAtLeast(x float64) target {
@@ -105,6 +110,11 @@ func atMost(v float64, text string) target {
 
 func lessThan(v float64, text string) target {
 	return target{text: text, ok: func(o, _ float64) bool { return o < v }}
+}
+
+// countedAtMost is a counted target: ours at most v.
+func countedAtMost(v float64, text string) target {
+	return target{text: text, counted: true, ok: func(o, _ float64) bool { return o <= v }}
 }
 
 func exactly(v float64) target {
@@ -143,7 +153,7 @@ func (r *report) add(rw row, t target) {
 		ratio = rw.Ours / *rw.Nginx
 		rw.Ratio = &ratio
 	}
-	if t.ok != nil && (t.correctness || !r.quick) {
+	if t.ok != nil && (t.correctness || t.counted || !r.quick) {
 		met := t.ok(rw.Ours, ratio)
 		rw.Met = &met
 		if !met && t.correctness {
@@ -165,8 +175,10 @@ func formatOptional(v *float64, unit string) string {
 
 func formatValue(v float64, unit string) string {
 	switch unit {
-	case "req/s", "GETs", "entries":
+	case "req/s", "GETs", "entries", "requests", "answers":
 		return groupThousands(fmt.Sprintf("%.0f", v))
+	case "× size":
+		return fmt.Sprintf("%.3f", v)
 	case "ms":
 		if v < 10 {
 			return fmt.Sprintf("%.2f", v)

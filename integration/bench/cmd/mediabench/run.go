@@ -92,13 +92,22 @@ func run(ctx context.Context, cfg config) error {
 		{"single cold MISS", b.singleMiss},
 		{"memory", b.memory},
 		{"restart", b.restart},
+		// Issue 11's, last: they leave gigabytes in both caches.
+		{"disconnect storm", b.disconnectStorm},
+		{"cold HEAD and Range 0-0", b.coldHeadAndRange},
+		{"cold suffix Range", b.coldSuffixRange},
+		{"cold ffprobe", b.coldProbe},
+		{"slow first byte", b.slowFirstByte},
 	}
 	for _, s := range scenarios {
 		if s.name != "warm" && !cfg.selected(s.name) {
 			continue
 		}
 		section(s.name)
-		if err := s.run(ctx); err != nil {
+		started := time.Now()
+		err := s.run(ctx)
+		fmt.Printf("  (%s: %s)\n", s.name, time.Since(started).Round(100*time.Millisecond))
+		if err != nil {
 			b.report.fail(fmt.Sprintf("%s: %v", s.name, err))
 			if ctx.Err() != nil || errors.Is(err, errHarness) {
 				break
@@ -212,6 +221,23 @@ func (b *bench) startS3(ctx context.Context) error {
 	b.cat.fillers = fillers[:n]
 	fmt.Printf("seeded %d of %d filler objects for the restart scenario in %s (budget %s)\n",
 		n, want, time.Since(started).Round(time.Millisecond), b.cfg.seedBudget)
+
+	if b.cfg.selected("cold ffprobe") {
+		if b.cat.videos, err = prepareVideos(ctx, b.cfg.videoSeconds); err != nil {
+			return err
+		}
+	}
+	started = time.Now()
+	sliced := b.cat.sliced()
+	if _, err := seed(ctx, client, sliced, 0); err != nil {
+		return err
+	}
+	var slicedBytes int64
+	for _, o := range sliced {
+		slicedBytes += o.size
+	}
+	fmt.Printf("seeded %d objects (%.2f GB) for the scenarios of issue 11 in %s\n",
+		len(sliced), float64(slicedBytes)/1e9, time.Since(started).Round(time.Millisecond))
 
 	b.link = throttle.NewLink(b.cfg.rtt, b.cfg.rate)
 	for _, p := range []**throttle.Proxy{&b.nginxS3, &b.caddyS3, &b.directS3} {
@@ -382,6 +408,14 @@ func (b *bench) quiet(what string) float64 {
 func (b *bench) withLink(rtt time.Duration, rate int64, f func() error) error {
 	b.link.Set(rtt, rate)
 	defer b.link.Set(b.cfg.rtt, b.cfg.rate)
+	return f()
+}
+
+// withFirstByteDelay runs f with S3 that much slower to start each
+// answer, and puts the link back to no delay afterwards.
+func (b *bench) withFirstByteDelay(d time.Duration, f func() error) error {
+	b.link.SetFirstByteDelay(d)
+	defer b.link.SetFirstByteDelay(0)
 	return f()
 }
 
