@@ -117,14 +117,13 @@ var errClientGone = errors.New("client went away while waiting for the fill")
 type source int
 
 const (
-	fromDisk    source = iota // a present slice: a checked block read
-	fromFetch                 // bytes of a slice being fetched, just written
-	fromS3                    // read from S3 directly
-	notYet                    // wait for the fill
-	finished                  // the section is done
-	failed                    // the fill failed this reader
-	heldBack                  // the last byte waits for the entry's check
-	releaseLast               // the check passed: the last byte may go
+	fromDisk  source = iota // a present slice: a checked block read
+	fromFetch               // bytes of a slice being fetched, just written
+	fromS3                  // read from S3 directly
+	notYet                  // wait for the fill
+	finished                // the section is done
+	failed                  // the fill failed this reader
+	heldBack                // the last byte waits for the entry's check
 )
 
 func (r *fillReader) Read(p []byte) (int, error) {
