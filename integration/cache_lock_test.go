@@ -231,6 +231,19 @@ func TestFillSurvivesItsFirstClientLeaving(t *testing.T) {
 	})
 }
 
+// getConcurrently sends n GETs of obj at once and returns what each
+// client read.
+func getConcurrently(obj s3test.Seeded, n int) []streamed {
+	url := env.baseURL() + urlPath(obj.Key)
+	results := make([]streamed, n)
+	var wg sync.WaitGroup
+	for i := range results {
+		wg.Go(func() { results[i] = stream(context.Background(), http.MethodGet, url, nil) })
+	}
+	wg.Wait()
+	return results
+}
+
 // fillAhead is the default fill_ahead: the read-ahead a reader may earn,
 // and the size up to which an object is fetched whole once started.
 const fillAhead = 4 << 20
@@ -477,14 +490,7 @@ func TestSlowFirstByteIsWaitedForNotStampeded(t *testing.T) {
 	// S3 takes 1.5s to answer each request.
 	env.proxy.SetFault(s3test.Fault{Delay: 1500 * time.Millisecond})
 
-	url := env.baseURL() + urlPath(obj.Key)
-	results := make([]streamed, 20)
-	var wg sync.WaitGroup
-	for i := range results {
-		wg.Go(func() { results[i] = stream(context.Background(), http.MethodGet, url, nil) })
-	}
-	wg.Wait()
-	for i, r := range results {
+	for i, r := range getConcurrently(obj, 20) {
 		if ok, why := r.complete(http.StatusOK, obj.Body); !ok {
 			t.Errorf("client %d: %s", i, why)
 		}
@@ -505,14 +511,8 @@ func TestLockTimeoutCountsFromTheLastByte(t *testing.T) {
 	// give up on it are served at once.
 	env.proxy.SetFault(s3test.Fault{StallAfter: 100 << 10, Stall: 3 * time.Second, Times: 1})
 
-	url := env.baseURL() + urlPath(obj.Key)
-	results := make([]streamed, 3)
-	var wg sync.WaitGroup
 	start := time.Now()
-	for i := range results {
-		wg.Go(func() { results[i] = stream(context.Background(), http.MethodGet, url, nil) })
-	}
-	wg.Wait()
+	results := getConcurrently(obj, 3)
 	for i, r := range results {
 		if ok, why := r.complete(http.StatusOK, obj.Body); !ok {
 			t.Errorf("client %d: %s", i, why)

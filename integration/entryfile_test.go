@@ -135,11 +135,3 @@ func entryHoldsBody(path string, body []byte) bool {
 	e, err := readEntryOnDisk(path)
 	return err == nil && e.complete() && e.holds(body)
 }
-
-// entryHasNoBody reports whether the entry file at path, if there is one,
-// holds no byte of a body: metadata alone (a HEAD's, or that of a fill
-// whose every slice failed).
-func entryHasNoBody(path string) bool {
-	e, err := readEntryOnDisk(path)
-	return os.IsNotExist(err) || (err == nil && e.count() == 0)
-}

@@ -179,11 +179,13 @@ type storeCollector struct{}
 
 var (
 	storeBytesDesc = prometheus.NewDesc(metricsNamespace+"_cache_bytes",
-		"Bytes of committed entry files.", []string{"cache_dir"}, nil)
+		"Disk taken by entry files: their headers and the slices they hold.", []string{"cache_dir"}, nil)
 	storeReservedDesc = prometheus.NewDesc(metricsNamespace+"_cache_reserved_bytes",
-		"Bytes promised to fills in flight.", []string{"cache_dir"}, nil)
+		"Disk reserved for slices being fetched and entries being created.", []string{"cache_dir"}, nil)
 	storeEntriesDesc = prometheus.NewDesc(metricsNamespace+"_cache_entries",
 		"Entries in the index.", []string{"cache_dir"}, nil)
+	storePartialDesc = prometheus.NewDesc(metricsNamespace+"_cache_partial_entries",
+		"Entries in the index with slices not fetched yet.", []string{"cache_dir"}, nil)
 	storeEvictionsDesc = prometheus.NewDesc(metricsNamespace+"_cache_evictions_total",
 		"Entries evicted for max_size, inactive or min_free.", []string{"cache_dir"}, nil)
 	storePurgesDesc = prometheus.NewDesc(metricsNamespace+"_cache_purges_total",
@@ -191,13 +193,13 @@ var (
 	storeCorruptDesc = prometheus.NewDesc(metricsNamespace+"_cache_corrupt_entries_total",
 		"Entry files removed because they failed their checks.", []string{"cache_dir"}, nil)
 	storeFillsDesc = prometheus.NewDesc(metricsNamespace+"_fills_in_flight",
-		"S3 fetches in progress, each shared by all its waiters.", []string{"cache_dir"}, nil)
+		"Objects being filled: each fetches its slices, shared by all its readers.", []string{"cache_dir"}, nil)
 	storeWaitersDesc = prometheus.NewDesc(metricsNamespace+"_fill_waiters",
 		"Requests being served from fills in flight.", []string{"cache_dir"}, nil)
 )
 
 func (storeCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{storeBytesDesc, storeReservedDesc, storeEntriesDesc, storeEvictionsDesc,
+	for _, d := range []*prometheus.Desc{storeBytesDesc, storeReservedDesc, storeEntriesDesc, storePartialDesc, storeEvictionsDesc,
 		storePurgesDesc, storeCorruptDesc, storeFillsDesc, storeWaitersDesc} {
 		ch <- d
 	}
@@ -219,6 +221,7 @@ func (storeCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(storeBytesDesc, float64(st.Bytes))
 		gauge(storeReservedDesc, float64(st.ReservedBytes))
 		gauge(storeEntriesDesc, float64(st.Entries))
+		gauge(storePartialDesc, float64(st.PartialEntries))
 		counter(storeEvictionsDesc, float64(st.Evictions))
 		counter(storePurgesDesc, float64(st.Purges))
 		counter(storeCorruptDesc, float64(st.CorruptRemoved))
