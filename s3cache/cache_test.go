@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -1005,4 +1006,95 @@ func waitIdle(t *testing.T, h *Handler, key string) {
 		time.Sleep(2 * time.Millisecond)
 	}
 	t.Fatalf("the fill of %s did not end", key)
+}
+
+// TestConcurrentReadersGetExactBytesWhileS3Fails runs many clients
+// reading random ranges, whole objects and HEADs of a few objects at
+// once, through fills whose S3 answers sometimes break midway, stall or
+// fail, with purges thrown in. Every answer is either exact or an honest
+// failure (an error status, or a cut transfer); and once S3 behaves, every
+// object is served whole, from disk.
+func TestConcurrentReadersGetExactBytesWhileS3Fails(t *testing.T) {
+	objects := map[string][]byte{}
+	for i, size := range []int{100, 700_000, 3<<20 + 17, 5<<20 + 333} {
+		objects["v/"+strconv.Itoa(i)+".mp4"] = objectBytes(size + i)
+	}
+	var calls atomic.Int64
+	var healthy atomic.Bool
+	o := &scriptedOrigin{respond: func(req originRequest) (*originResponse, error) {
+		n := calls.Add(1)
+		data := objects[req.key]
+		if !healthy.Load() {
+			switch n % 7 {
+			case 3:
+				return nil, &originError{status: http.StatusBadGateway, op: req.op(), reason: "injected"}
+			case 5:
+				return answerFor(data, req, func(b io.ReadCloser) io.ReadCloser {
+					return &failingAfter{r: b, left: int(n%5) * 40_000}
+				}), nil
+			}
+		}
+		return answerFor(data, req, nil), nil
+	}}
+	h := newCachedHandler(t, o, t.TempDir(), func(h *Handler) { h.FillParallel = 3 })
+	srv := serve(t, h)
+	client := &http.Client{Timeout: 20 * time.Second}
+
+	var wg sync.WaitGroup
+	var bad atomic.Int64
+	for w := range 24 {
+		wg.Go(func() {
+			for i := range 30 {
+				key := "v/" + strconv.Itoa((w+i)%4) + ".mp4"
+				data := objects[key]
+				var headers []string
+				want, wantStatus := data, http.StatusOK
+				switch (w*7 + i) % 5 {
+				case 0, 1:
+					from := (w*131 + i*977) % len(data)
+					to := min(len(data)-1, from+(w*7919+i*104729)%(2<<20))
+					headers = []string{"Range", "bytes=" + strconv.Itoa(from) + "-" + strconv.Itoa(to)}
+					want, wantStatus = data[from:to+1], http.StatusPartialContent
+				case 2:
+					n := 1 + (w*31+i)%len(data)
+					headers = []string{"Range", "bytes=-" + strconv.Itoa(n)}
+					want, wantStatus = data[len(data)-n:], http.StatusPartialContent
+				case 3:
+					if i%10 == 3 {
+						h.store.purge(h.cacheKey(key))
+						continue
+					}
+				}
+				resp, body, err := fetch(client, srv.URL+"/"+key, headers...)
+				switch {
+				case err != nil:
+					// A cut transfer: honest.
+				case resp.StatusCode >= 500:
+					// An error status: honest.
+				case resp.StatusCode != wantStatus || !bytes.Equal(body, want):
+					bad.Add(1)
+					t.Errorf("%s %v: status %d, %d bytes, want %d with %d exact bytes", key, headers, resp.StatusCode, len(body), wantStatus, len(want))
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if bad.Load() > 0 {
+		t.Fatalf("%d answers with wrong bytes", bad.Load())
+	}
+
+	healthy.Store(true)
+	for key, data := range objects {
+		if resp, body := get(t, srv.URL+"/"+key); resp.StatusCode != 200 || !bytes.Equal(body, data) {
+			t.Fatalf("%s once S3 behaves: %d, %d bytes", key, resp.StatusCode, len(body))
+		}
+		waitStored(t, h, key)
+		if resp, body := get(t, srv.URL+"/"+key); resp.Header.Get("X-Cache-Status") != "HIT" || !bytes.Equal(body, data) {
+			t.Fatalf("%s stored: %s, %d bytes", key, resp.Header.Get("X-Cache-Status"), len(body))
+		}
+	}
+	st := h.store.snapshot()
+	if st.ReservedBytes != 0 || st.FillsInFlight != 0 {
+		t.Fatalf("after the load: %d bytes still reserved, %d fills in flight", st.ReservedBytes, st.FillsInFlight)
+	}
 }

@@ -333,19 +333,28 @@ func (s *store) writeEntryFile(f *fill, m *entryMeta, start []byte, usage int64)
 		return fail(err)
 	}
 
+	// The stripe keeps purges and evictions of this path out while the
+	// file is renamed into place and indexed; the rename itself is done
+	// without the global lock.
 	mu := s.pathLock(path)
 	mu.Lock()
 	defer mu.Unlock()
-	s.mu.Lock()
 	if f.isDetached() {
-		s.mu.Unlock()
 		tmp.Close()
 		os.Remove(tmp.Name())
 		return nil, 0, errPurged
 	}
 	if err := os.Rename(tmp.Name(), path); err != nil {
-		s.mu.Unlock()
 		return fail(err)
+	}
+	s.mu.Lock()
+	if f.isDetached() {
+		// Purged while the file was renamed: the purge could not know
+		// of it, so it goes here.
+		s.mu.Unlock()
+		tmp.Close()
+		os.Remove(path)
+		return nil, 0, errPurged
 	}
 	s.reserved -= usage
 	complete := m.bodyLen == 0

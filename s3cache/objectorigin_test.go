@@ -43,7 +43,11 @@ func answerFor(data []byte, req originRequest, wrap func(io.ReadCloser) io.ReadC
 		a, b, _ := strings.Cut(spec, "-")
 		first, _ := strconv.ParseInt(a, 10, 64)
 		last := size - 1
-		if b != "" {
+		switch {
+		case a == "": // a suffix: the last b bytes
+			n, _ := strconv.ParseInt(b, 10, 64)
+			first = max(size-n, 0)
+		case b != "":
 			last, _ = strconv.ParseInt(b, 10, 64)
 			last = min(last, size-1)
 		}
@@ -51,7 +55,7 @@ func answerFor(data []byte, req originRequest, wrap func(io.ReadCloser) io.ReadC
 			return &originResponse{status: http.StatusRequestedRangeNotSatisfiable, header: http.Header{}}
 		}
 		status, part = http.StatusPartialContent, data[first:last+1]
-		h.Set("Content-Range", "bytes "+a+"-"+strconv.FormatInt(last, 10)+"/"+strconv.FormatInt(size, 10))
+		h.Set("Content-Range", "bytes "+strconv.FormatInt(first, 10)+"-"+strconv.FormatInt(last, 10)+"/"+strconv.FormatInt(size, 10))
 	}
 	h.Set("Content-Length", strconv.Itoa(len(part)))
 	if req.head {
