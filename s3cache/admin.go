@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"net/url"
 	"sort"
 	"strings"
 
@@ -103,13 +102,35 @@ func (a *AdminAPI) handlePurge(w http.ResponseWriter, r *http.Request) error {
 	return json.NewEncoder(w).Encode(result)
 }
 
-// keyMapping is how one site turns URL paths into cache keys.
+// keyMapping is how one site turns URL paths into object keys and cache
+// keys: the one place those rules live, for requests, purges and the
+// admin API.
 type keyMapping struct {
 	bucket, prefix, stripPrefix string
 }
 
-func (m keyMapping) cacheKey(rel string) string {
-	return m.bucket + "/" + objectKey(m.prefix, rel)
+// keys returns the object key and the cache key of the object a URL path,
+// as sent on the wire, names; or errBadPath or errNoObject.
+func (m keyMapping) keys(rawPath string) (objectKey, cacheKey string, err error) {
+	rel, err := objectPathOf(rawPath, m.stripPrefix)
+	if err != nil {
+		return "", "", err
+	}
+	if objectKey, err = m.objectKey(rel); err != nil {
+		return "", "", err
+	}
+	return objectKey, m.cacheKey(objectKey), nil
+}
+
+// objectKey joins the bucket prefix and an object path into an S3 key.
+func (m keyMapping) objectKey(rel string) (string, error) {
+	return objectKey(m.prefix, rel)
+}
+
+// cacheKey names an object in the store. The bucket is part of it so two
+// sites sharing a cache_dir with different buckets cannot collide.
+func (m keyMapping) cacheKey(objectKey string) string {
+	return m.bucket + "/" + objectKey
 }
 
 // addMapping and removeMapping track the sites using the store, so the
@@ -138,16 +159,16 @@ func (s *store) currentMappings() []keyMapping {
 	return out
 }
 
-// purgePath purges the object a URL path names, for every site.
+// purgePath purges the object a URL path names, for every site. The path
+// is read as clients send it (percent-escapes decoded segment by segment),
+// so a path copied from a URL or an access log works as well as a plain one.
 func (s *store) purgePath(path string) (int, error) {
-	u := &url.URL{Path: path}
-	if _, err := objectPath(u, ""); err != nil {
+	if _, err := objectPathOf(path, ""); err != nil {
 		return 0, fmt.Errorf("path %q is not a media path", path)
 	}
 	n := 0
 	for _, m := range s.currentMappings() {
-		rel, err := objectPath(u, m.stripPrefix)
-		if err == nil && s.purge(m.cacheKey(rel)) {
+		if _, ckey, err := m.keys(path); err == nil && s.purge(ckey) {
 			n++
 		}
 	}
@@ -155,20 +176,45 @@ func (s *store) purgePath(path string) (int, error) {
 }
 
 // purgeURLPrefix purges every object under a URL path prefix, such as
-// the media of one account, for every site.
+// the media of one account, for every site. A site's strip_path_prefix
+// must start the prefix as whole segments, as it must start a request's
+// path.
 func (s *store) purgeURLPrefix(prefix string) (int, error) {
-	if !strings.HasPrefix(prefix, "/") || strings.Contains(prefix, "..") {
+	decoded, err := decodePrefix(prefix)
+	if err != nil {
 		return 0, fmt.Errorf("prefix %q must be a URL path starting with /", prefix)
 	}
 	n := 0
 	for _, m := range s.currentMappings() {
-		rest, ok := strings.CutPrefix(prefix, m.stripPrefix)
-		if !ok {
+		rest, ok := strings.CutPrefix(decoded, m.stripPrefix)
+		if !ok || (rest != "" && rest[0] != '/') {
 			continue
 		}
-		n += s.purgePrefix(m.cacheKey(strings.TrimPrefix(rest, "/")))
+		key, err := m.objectKey(strings.TrimPrefix(rest, "/"))
+		if err != nil && rest != "" && rest != "/" {
+			continue
+		}
+		n += s.purgePrefix(m.cacheKey(key))
 	}
 	return n, nil
+}
+
+// decodePrefix decodes a URL path prefix segment by segment, with the
+// rules of a request's path: no encoded separator, no dot segments.
+func decodePrefix(prefix string) (string, error) {
+	rest, ok := strings.CutPrefix(prefix, "/")
+	if !ok {
+		return "", errBadPath
+	}
+	segments := strings.Split(rest, "/")
+	for i, seg := range segments {
+		decoded, err := decodeSegment(seg)
+		if err != nil || decoded == "." || decoded == ".." {
+			return "", errBadPath
+		}
+		segments[i] = decoded
+	}
+	return "/" + strings.Join(segments, "/"), nil
 }
 
 // Interface guards

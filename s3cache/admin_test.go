@@ -11,7 +11,7 @@ import (
 func TestAdminAPIStatsAndPurge(t *testing.T) {
 	data := objectBytes(30_000)
 	o := servingOrigin(data)
-	h := newCachedHandler(t, o, t.TempDir(), func(h *Handler) { h.stripPrefix = "/system" })
+	h := newCachedHandler(t, o, t.TempDir(), func(h *Handler) { h.mapping.stripPrefix = "/system" })
 	srv := serve(t, h)
 	for _, p := range []string{"/system/accounts/avatars/1/a.png", "/system/accounts/avatars/1/b.png", "/system/media/c.png"} {
 		get(t, srv.URL+p)
@@ -48,13 +48,22 @@ func TestAdminAPIStatsAndPurge(t *testing.T) {
 		json.Unmarshal(rec.Body.Bytes(), &res)
 		return rec.Code, res
 	}
-	if code, res := purge(`{"path": "/system/media/c.png"}`); code != 200 || res.Purged != 1 {
+	// A prefix that strip_path_prefix only starts as a string, not as a
+	// segment, names nothing of this site.
+	if code, res := purge(`{"prefix": "/systemx/"}`); code != 200 || res.Purged != 0 {
+		t.Fatalf("purge of /systemx/ with strip_path_prefix /system: %d %+v, want nothing purged", code, res)
+	}
+	if code, res := purge(`{"prefix": "/systemaccounts/"}`); code != 200 || res.Purged != 0 {
+		t.Fatalf("purge of /systemaccounts/: %d %+v, want nothing purged", code, res)
+	}
+	// A path as it appears in URLs and logs, percent-encoded, purges.
+	if code, res := purge(`{"path": "/system/media/%63.png"}`); code != 200 || res.Purged != 1 {
 		t.Fatalf("purge path: %d %+v", code, res)
 	}
-	if code, res := purge(`{"prefix": "/system/accounts/avatars/1/"}`); code != 200 || res.Purged != 2 {
+	if code, res := purge(`{"prefix": "/system/accounts/avatars/%31/"}`); code != 200 || res.Purged != 2 {
 		t.Fatalf("purge prefix: %d %+v", code, res)
 	}
-	for _, bad := range []string{`{}`, `{"path": "/a", "prefix": "/b"}`, `{"path": "/../etc"}`, `{"prefix": "relative"}`, `not json`} {
+	for _, bad := range []string{`{}`, `{"path": "/a", "prefix": "/b"}`, `{"path": "/../etc"}`, `{"prefix": "relative"}`, `{"prefix": "/a%2Fb/"}`, `{"prefix": "/../"}`, `not json`} {
 		if code, _ := purge(bad); code != 400 {
 			t.Errorf("purge %s: %d, want 400", bad, code)
 		}

@@ -28,16 +28,15 @@ var (
 	errCachedNotFound = errors.New("no such key (cached answer)")
 )
 
-// cacheKey names an object in the store. The bucket is part of it so two
-// sites sharing a cache_dir with different buckets cannot collide.
+// cacheKey is the cache key of an object key (see keyMapping).
 func (h *Handler) cacheKey(key string) string {
-	return h.originCfg.bucket + "/" + key
+	return h.mapping.cacheKey(key)
 }
 
 // objectKeyOf is the object key of a cache key, for logs, which name the
 // object and never the bucket.
 func (h *Handler) objectKeyOf(ckey string) string {
-	return strings.TrimPrefix(ckey, h.originCfg.bucket+"/")
+	return strings.TrimPrefix(ckey, h.mapping.bucket+"/")
 }
 
 // serveCached answers a request through the disk cache: a fresh complete

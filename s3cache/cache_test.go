@@ -88,6 +88,7 @@ func newCachedHandler(t *testing.T, o origin, dir string, configure func(*Handle
 	t.Helper()
 	h := &Handler{origin: o, logger: zap.NewNop(), MaxSize: 64 << 20}
 	h.originCfg.bucket = "b"
+	h.mapping.bucket = "b"
 	if configure != nil {
 		configure(h)
 	}

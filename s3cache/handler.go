@@ -16,6 +16,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -236,8 +237,7 @@ type Handler struct {
 	// Method of purge requests (CACHE_BUSTER_HTTP_METHOD). Default: GET.
 	PurgeMethod string `json:"purge_method,omitempty"`
 
-	prefix      string
-	stripPrefix string
+	mapping     keyMapping // URL paths to object keys and cache keys
 	originCfg   originConfig
 	origin      origin
 	closeOrigin func()
@@ -250,6 +250,7 @@ type Handler struct {
 	purgeHeader    string
 	purgeSecretSum [32]byte // SHA-256 of the secret: equal-length constant-time compare
 	purgeMethod    string
+	wrongPurges    *logLimiter
 
 	metrics        *metrics // nil in unit tests
 	store          *store   // nil without cache_dir
@@ -276,8 +277,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	repl := caddy.NewReplacer()
 	resolve := func(s string) string { return repl.ReplaceKnown(s, "") }
 
-	h.prefix = strings.Trim(resolve(h.Prefix), "/")
-	h.stripPrefix = strings.TrimSuffix(resolve(h.StripPathPrefix), "/")
 	h.originCfg = originConfig{
 		bucket:           resolve(h.Bucket),
 		endpoint:         strings.TrimSuffix(resolve(h.Endpoint), "/"),
@@ -292,6 +291,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	if h.originCfg.region == "" {
 		h.originCfg.region = defaultRegion
+	}
+	h.mapping = keyMapping{
+		bucket:      h.originCfg.bucket,
+		prefix:      strings.Trim(resolve(h.Prefix), "/"),
+		stripPrefix: strings.TrimSuffix(resolve(h.StripPathPrefix), "/"),
 	}
 	if h.MaxSize == 0 {
 		h.MaxSize = defaultMaxSize
@@ -318,6 +322,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			return errors.New("s3_media_cache: purge_header needs a non-empty secret")
 		}
 		h.purgeHeader = http.CanonicalHeaderKey(h.PurgeHeader)
+		h.wrongPurges = &logLimiter{}
 		h.purgeSecretSum = sha256.Sum256([]byte(secret))
 		h.purgeMethod = strings.ToUpper(h.PurgeMethod)
 		if h.purgeMethod == "" {
@@ -459,13 +464,10 @@ func (h *Handler) openCache(dir string) error {
 		return fmt.Errorf("s3_media_cache: %w", err)
 	}
 	h.store, h.storeDir = s, dir
-	s.addMapping(h.keyMapping())
+	s.addMapping(h.mapping)
 	return nil
 }
 
-func (h *Handler) keyMapping() keyMapping {
-	return keyMapping{bucket: h.originCfg.bucket, prefix: h.prefix, stripPrefix: h.stripPrefix}
-}
 
 // openRoot opens the local fallthrough directory. A missing directory is
 // not fatal: a fresh cache node may have no local media at all, and the
@@ -528,7 +530,7 @@ func (h *Handler) Validate() error {
 		return errors.New("s3_media_cache: fill_parallel must be between 1 and 64")
 	case h.ConnectTimeout < 0 || h.FirstByteTimeout < 0 || h.ReadTimeout < 0 || h.FillQueueTimeout < 0:
 		return errors.New("s3_media_cache: timeouts must not be negative")
-	case h.stripPrefix != "" && !strings.HasPrefix(h.stripPrefix, "/"):
+	case h.mapping.stripPrefix != "" && !strings.HasPrefix(h.mapping.stripPrefix, "/"):
 		return errors.New("s3_media_cache: strip_path_prefix must start with /")
 	}
 	if c.endpoint != "" {
@@ -539,8 +541,8 @@ func (h *Handler) Validate() error {
 			return errors.New("s3_media_cache: endpoint must be an http:// or https:// URL with a host and no credentials, such as https://s3.fr-par.scw.cloud")
 		}
 	}
-	for _, seg := range strings.Split(h.prefix, "/") {
-		if h.prefix != "" && (seg == "" || seg == "." || seg == "..") {
+	for _, seg := range strings.Split(h.mapping.prefix, "/") {
+		if h.mapping.prefix != "" && (seg == "" || seg == "." || seg == "..") {
 			return errors.New("s3_media_cache: prefix must not contain empty, . or .. segments")
 		}
 	}
@@ -550,7 +552,7 @@ func (h *Handler) Validate() error {
 // Cleanup releases what Provision opened.
 func (h *Handler) Cleanup() error {
 	if h.store != nil {
-		h.store.removeMapping(h.keyMapping())
+		h.store.removeMapping(h.mapping)
 		releaseStore(h.storeDir)
 	}
 	if h.closeOrigin != nil {
@@ -568,7 +570,7 @@ func (h *Handler) Cleanup() error {
 // ServeHTTP answers a media request and accounts for it: metrics, and the
 // {http.s3_media_cache.status} placeholder for access logs.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
-	err := h.serve(w, r)
+	err := h.serve(w, r, h.takePurgeSecret(r))
 	status := w.Header().Get("X-Cache-Status")
 	h.metrics.countRequest(status)
 	if h.store != nil {
@@ -582,16 +584,6 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	}
 	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
 		repl.Set("http.s3_media_cache.status", placeholderValue(status))
-	}
-	if err != nil && h.purgeHeader != "" && len(r.Header.Values(h.purgeHeader)) > 0 {
-		// Caddy logs a handler's error together with the request's
-		// headers, and so would log the purge secret. A request that
-		// carries it gets its error status written here instead.
-		var he caddyhttp.HandlerError
-		if errors.As(err, &he) {
-			w.WriteHeader(he.StatusCode)
-			err = nil
-		}
 	}
 	return err
 }
@@ -611,8 +603,8 @@ func placeholderValue(status string) any {
 
 // serve answers a media request. It reads top to bottom: purge, method
 // check, path check, local file, then the cache or S3.
-func (h *Handler) serve(w http.ResponseWriter, r *http.Request) error {
-	if h.purgeHeader != "" && h.isPurge(r) {
+func (h *Handler) serve(w http.ResponseWriter, r *http.Request, purge purgeAttempt) error {
+	if purge.present && h.isPurge(r, purge) {
 		return h.servePurge(w, r)
 	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
@@ -621,40 +613,76 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) error {
 		return caddyhttp.Error(http.StatusMethodNotAllowed, errMethodNotAllowed)
 	}
 
-	rel, err := objectPath(r.URL, h.stripPrefix)
+	rel, err := objectPath(r.URL, h.mapping.stripPrefix)
 	if err != nil {
-		status := statusForPathError(err)
-		h.policy.decorate(w.Header(), status, cacheBypass, time.Now())
-		return caddyhttp.Error(status, err)
+		return h.pathFailure(w, err)
 	}
 
 	if h.localRoot != nil && h.serveLocal(w, r, rel) {
 		return nil
 	}
 
-	key := objectKey(h.prefix, rel)
+	key, err := h.mapping.objectKey(rel)
+	if err != nil {
+		return h.pathFailure(w, err)
+	}
 	if h.store == nil {
 		return h.serveFromOrigin(w, r, key, cacheMiss)
 	}
 	return h.serveCached(w, r, key)
 }
 
+// pathFailure answers a path that names no object: 400 for a malformed
+// one, 404 for one that cannot name an object (a directory, a key longer
+// than S3 allows), without asking S3.
+func (h *Handler) pathFailure(w http.ResponseWriter, err error) error {
+	status := statusForPathError(err)
+	h.policy.decorate(w.Header(), status, cacheBypass, time.Now())
+	return caddyhttp.Error(status, err)
+}
+
 var errMethodNotAllowed = errors.New("method not allowed: media is read-only")
 
-// isPurge reports whether r is a cache-buster request with the right
-// secret. A request with the header but the wrong secret is logged and
-// then served as an ordinary request, as Mastodon's media would be.
-func (h *Handler) isPurge(r *http.Request) bool {
+// purgeAttempt is what a request carried of the cache buster's header:
+// whether it was there, and the SHA-256 of its value (the value itself is
+// not kept).
+type purgeAttempt struct {
+	present bool
+	sum     [32]byte
+}
+
+// takePurgeSecret removes the cache buster's header from r before anything
+// can record it: Caddy's access log and its error log write a request's
+// headers after the handler has run, from the same header map.
+func (h *Handler) takePurgeSecret(r *http.Request) purgeAttempt {
+	if h.purgeHeader == "" {
+		return purgeAttempt{}
+	}
 	v, ok := r.Header[h.purgeHeader]
 	if !ok {
-		return false
+		return purgeAttempt{}
 	}
-	sum := sha256.Sum256([]byte(strings.Join(v, ",")))
-	if subtle.ConstantTimeCompare(sum[:], h.purgeSecretSum[:]) == 1 && r.Method == h.purgeMethod {
+	delete(r.Header, h.purgeHeader)
+	return purgeAttempt{present: true, sum: sha256.Sum256([]byte(strings.Join(v, ",")))}
+}
+
+// wrongPurgeLogEvery is how often at most a wrong cache-buster secret is
+// logged: a flood of guesses must not become a flood of log lines.
+const wrongPurgeLogEvery = 10 * time.Second
+
+// isPurge reports whether r, which carried the cache buster's header, is a
+// purge with the right secret and method. One with the wrong secret is
+// logged (at most once per wrongPurgeLogEvery, with the count of the others)
+// and then served as an ordinary request, as Mastodon's media would be.
+func (h *Handler) isPurge(r *http.Request, purge purgeAttempt) bool {
+	if subtle.ConstantTimeCompare(purge.sum[:], h.purgeSecretSum[:]) == 1 && r.Method == h.purgeMethod {
 		return true
 	}
-	h.logger.Warn("cache purge request with a wrong secret or method; serving it as an ordinary request",
-		zap.String("method", r.Method), zap.String("path", r.URL.Path), zap.String("remote_addr", r.RemoteAddr))
+	if ok, held := h.wrongPurges.allow(time.Now(), wrongPurgeLogEvery); ok {
+		h.logger.Warn("cache purge request with a wrong secret or method; serving it as an ordinary request",
+			zap.String("method", r.Method), zap.String("path", r.URL.Path), zap.String("remote_addr", r.RemoteAddr),
+			zap.Int("more_since_last_warning", held))
+	}
 	return false
 }
 
@@ -662,15 +690,13 @@ func (h *Handler) isPurge(r *http.Request) bool {
 // of it in flight, and answers 204 without a body. Local files under root
 // are not touched: they are Mastodon's own.
 func (h *Handler) servePurge(w http.ResponseWriter, r *http.Request) error {
-	rel, err := objectPath(r.URL, h.stripPrefix)
+	key, ckey, err := h.mapping.keys(rawPath(r.URL))
 	if err != nil {
-		status := statusForPathError(err)
-		h.policy.decorate(w.Header(), status, cacheBypass, time.Now())
-		return caddyhttp.Error(status, err)
+		return h.pathFailure(w, err)
 	}
 	if h.store != nil {
-		removed := h.store.purge(h.cacheKey(objectKey(h.prefix, rel)))
-		h.logger.Info("purged by cache buster", zap.String("path", rel), zap.Bool("was_cached", removed))
+		removed := h.store.purge(ckey)
+		h.logger.Info("purged by cache buster", zap.String("key", key), zap.Bool("was_cached", removed))
 	}
 	h.policy.decorate(w.Header(), http.StatusNoContent, cacheBypass, time.Now())
 	w.WriteHeader(http.StatusNoContent)
@@ -859,6 +885,25 @@ func offOr(v, def string) string {
 		return ""
 	}
 	return v
+}
+
+// logLimiter lets a log line through at most once per interval, and
+// counts the ones it held back for the next to report.
+type logLimiter struct {
+	mu   sync.Mutex
+	next time.Time
+	held int
+}
+
+func (l *logLimiter) allow(now time.Time, every time.Duration) (ok bool, held int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if now.Before(l.next) {
+		l.held++
+		return false, 0
+	}
+	l.next, held, l.held = now.Add(every), l.held, 0
+	return true, held
 }
 
 // Interface guards

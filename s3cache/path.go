@@ -16,6 +16,14 @@ var (
 	errNoObject = errors.New("path does not name an object")
 )
 
+// S3's limits on a key: 1024 bytes in all, and, on the servers that keep
+// objects as files (MinIO, Garage, versitygw), 255 bytes per segment. A
+// path past them names no object anywhere, so it is a 404 without asking.
+const (
+	maxKeyBytes     = 1024
+	maxSegmentBytes = 255
+)
+
 // statusForPathError maps a path error to the status the client gets.
 func statusForPathError(err error) int {
 	if errors.Is(err, errNoObject) {
@@ -26,7 +34,31 @@ func statusForPathError(err error) int {
 
 // objectPath turns a request URL into the slash-separated path of an object,
 // relative to both the local root and the bucket prefix, or fails with
-// errBadPath (400) or errNoObject (404).
+// errBadPath (400) or errNoObject (404). See objectPathOf.
+func objectPath(u *url.URL, stripPrefix string) (string, error) {
+	return objectPathOf(rawPath(u), stripPrefix)
+}
+
+// rawPath is u's path as the client sent it, escapes included. Go keeps
+// that in RawPath whenever it differs from the default encoding of the
+// decoded Path; EscapedPath would encode Path afresh when RawPath has
+// characters it would not have left raw (a "{", say), and so turn an
+// encoded slash into a real one. A RawPath that no longer decodes to Path
+// (a rewrite changed Path alone) is stale, and Path is what counts.
+func rawPath(u *url.URL) string {
+	if u.RawPath != "" {
+		if p, err := url.PathUnescape(u.RawPath); err == nil && p == u.Path {
+			return u.RawPath
+		}
+	}
+	return u.EscapedPath()
+}
+
+// objectPathOf turns a path as sent on the wire (percent-escapes not yet
+// decoded) into the slash-separated path of an object: the path is cut at
+// its slashes first, and each segment decoded on its own, so an escape can
+// never become a separator. This is the one place path rules are checked,
+// for requests, purges and the admin API alike.
 //
 // Nothing is "fixed up": Mastodon never produces dot segments, encoded
 // slashes or empty segments, so a request carrying one is either broken or
@@ -37,62 +69,69 @@ func statusForPathError(err error) int {
 // stripPrefix, when not empty, must start the path as whole segments
 // ("/system" matches "/system/a.png", not "/systemd/a.png"); it is removed
 // before the object path is returned.
-func objectPath(u *url.URL, stripPrefix string) (string, error) {
-	if err := checkEscapes(u.EscapedPath()); err != nil {
-		return "", err
-	}
-	p := u.Path
-	if !strings.HasPrefix(p, "/") || !utf8.ValidString(p) {
+func objectPathOf(raw, stripPrefix string) (string, error) {
+	rest, ok := strings.CutPrefix(raw, "/")
+	if !ok {
 		return "", errBadPath
 	}
-	for i := 0; i < len(p); i++ {
-		if c := p[i]; c < 0x20 || c == 0x7f || c == '\\' {
-			return "", errBadPath
+	segments := strings.Split(rest, "/")
+	for i, seg := range segments {
+		decoded, err := decodeSegment(seg)
+		if err != nil {
+			return "", err
 		}
+		segments[i] = decoded
 	}
 	if stripPrefix != "" {
-		rest, ok := strings.CutPrefix(p, stripPrefix)
-		if !ok || (rest != "" && rest[0] != '/') {
-			return "", errNoObject
+		for _, want := range strings.Split(strings.TrimPrefix(stripPrefix, "/"), "/") {
+			if len(segments) == 0 || segments[0] != want {
+				return "", errNoObject
+			}
+			segments = segments[1:]
 		}
-		p = rest
 	}
-	rel := strings.TrimPrefix(p, "/")
-	if rel == "" || strings.HasSuffix(rel, "/") {
+	if len(segments) == 0 || segments[len(segments)-1] == "" {
 		// A "directory": S3 would answer with a listing or an empty
 		// placeholder object, neither of which is media.
 		return "", errNoObject
 	}
-	for seg := range strings.SplitSeq(rel, "/") {
-		if seg == "" || seg == "." || seg == ".." {
+	for _, seg := range segments {
+		switch {
+		case seg == "" || seg == "." || seg == "..":
+			return "", errBadPath
+		case len(seg) > maxSegmentBytes:
+			return "", errNoObject
+		}
+	}
+	return strings.Join(segments, "/"), nil
+}
+
+// decodeSegment decodes one path segment, refusing what a segment must
+// not hold once decoded: a separator (an encoded "/" or "\"), a control
+// character or NUL, or bytes that are not UTF-8.
+func decodeSegment(seg string) (string, error) {
+	decoded, err := url.PathUnescape(seg)
+	if err != nil || !utf8.ValidString(decoded) {
+		return "", errBadPath
+	}
+	for i := 0; i < len(decoded); i++ {
+		if c := decoded[i]; c < 0x20 || c == 0x7f || c == '\\' || c == '/' {
 			return "", errBadPath
 		}
 	}
-	return rel, nil
-}
-
-// checkEscapes rejects percent-escapes that would decode into a path
-// separator or a NUL. After decoding they are indistinguishable from the
-// real thing, so they must be caught in the escaped form.
-func checkEscapes(escaped string) error {
-	for i := 0; i+2 < len(escaped); i++ {
-		if escaped[i] != '%' {
-			continue
-		}
-		switch strings.ToLower(escaped[i+1 : i+3]) {
-		case "2f", "5c", "00":
-			return errBadPath
-		}
-	}
-	return nil
+	return decoded, nil
 }
 
 // objectKey joins the bucket prefix and an object path into an S3 key.
 // prefix has been normalised by Provision to have no leading or trailing
-// slash.
-func objectKey(prefix, rel string) string {
-	if prefix == "" {
-		return rel
+// slash. It fails with errNoObject for a key longer than S3 allows.
+func objectKey(prefix, rel string) (string, error) {
+	key := rel
+	if prefix != "" {
+		key = prefix + "/" + rel
 	}
-	return prefix + "/" + rel
+	if len(key) > maxKeyBytes {
+		return "", errNoObject
+	}
+	return key, nil
 }

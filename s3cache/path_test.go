@@ -47,6 +47,15 @@ func TestObjectPathRejectsWhatCouldEscapeOrList(t *testing.T) {
 		{"lower encoded slash", "/a%2fb", "", 400},
 		{"encoded backslash", "/a%5Cb", "", 400},
 		{"encoded NUL", "/a%00b", "", 400},
+		// Go re-encodes a path holding these raw, and the re-encoding
+		// turned %2F into a real separator.
+		{"encoded slash beside a brace", "/odd%2Fa{b.png", "", 400},
+		{"encoded slash beside a closing brace", "/odd%2Fa}b.png", "", 400},
+		{"encoded slash beside a pipe", "/odd%2fa|b.png", "", 400},
+		{"encoded slash beside a quote", "/odd%2Fa\"b.png", "", 400},
+		{"encoded slash beside a caret", "/odd%2Fa^b.png", "", 400},
+		{"encoded backslash beside a brace", "/odd%5Ca{b.png", "", 400},
+		{"segment longer than a file name", "/a/" + strings.Repeat("x", 256) + ".png", "", 404},
 		{"backslash", "/a\\b", "", 400},
 		{"control char", "/a%01b", "", 400},
 		{"DEL", "/a%7Fb", "", 400},
@@ -75,6 +84,33 @@ func TestObjectPathRejectsWhatCouldEscapeOrList(t *testing.T) {
 	}
 }
 
+// TestObjectPathReadsTheRawPath checks that a path is cut at its
+// slashes before its escapes are decoded, whatever form the URL holds it
+// in: a rewritten URL whose RawPath is stale goes by its Path.
+func TestObjectPathReadsTheRawPath(t *testing.T) {
+	stale := &url.URL{Path: "/a/b.png", RawPath: "/other%2Fc.png"}
+	if got, err := objectPath(stale, ""); err != nil || got != "a/b.png" {
+		t.Fatalf("stale RawPath: %q, %v; want the Path's a/b.png", got, err)
+	}
+	literal := mustParse(t, "/a%25b.png") // a key with a literal %
+	if got, err := objectPath(literal, ""); err != nil || got != "a%b.png" {
+		t.Fatalf("%%25: %q, %v; want a%%b.png", got, err)
+	}
+}
+
+func TestObjectKeyRefusesWhatS3CannotHold(t *testing.T) {
+	long := strings.Repeat("a/", 511) + "bc" // 1024 bytes
+	if key, err := objectKey("", long); err != nil || len(key) != 1024 {
+		t.Fatalf("a 1024-byte key: %d bytes, %v; want it as it is", len(key), err)
+	}
+	if _, err := objectKey("", long+"d"); !errors.Is(err, errNoObject) {
+		t.Fatalf("a 1025-byte key: %v, want errNoObject (404)", err)
+	}
+	if _, err := objectKey("mastodon", long); !errors.Is(err, errNoObject) {
+		t.Fatalf("a prefix that makes the key too long: %v, want errNoObject", err)
+	}
+}
+
 func TestObjectKeyJoinsPrefix(t *testing.T) {
 	tests := []struct{ prefix, rel, want string }{
 		{"", "a/b.png", "a/b.png"},
@@ -82,7 +118,7 @@ func TestObjectKeyJoinsPrefix(t *testing.T) {
 		{"a/b", "c.png", "a/b/c.png"},
 	}
 	for _, tt := range tests {
-		if got := objectKey(tt.prefix, tt.rel); got != tt.want {
+		if got, err := objectKey(tt.prefix, tt.rel); err != nil || got != tt.want {
 			t.Errorf("objectKey(%q, %q) = %q, want %q", tt.prefix, tt.rel, got, tt.want)
 		}
 	}

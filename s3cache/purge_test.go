@@ -5,14 +5,20 @@ import (
 	"crypto/sha256"
 	"io"
 	"net/http"
+	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 func withPurge(h *Handler) {
 	h.purgeHeader = "X-Cache-Buster-Secret"
 	h.purgeSecretSum = sha256.Sum256([]byte("s3cret"))
 	h.purgeMethod = http.MethodGet
+	h.wrongPurges = &logLimiter{}
 }
 
 // TestCacheBusterPurgesWithTheRightSecretOnly sends the request Mastodon's
@@ -76,5 +82,41 @@ func TestPurgeDuringFillKeepsItsBytesOutOfTheCache(t *testing.T) {
 	}
 	if _, total := slicesOnDisk(t, h, "v/a.mp4"); total != 0 {
 		t.Fatal("the purged fill's entry file is still on disk")
+	}
+}
+
+// TestPurgeSecretLeavesNoTrace checks that the cache buster's header is
+// gone from the request once the handler has run, as Caddy's access log
+// would read it, for right and wrong secrets alike; and that a flood of
+// wrong guesses is one warning, not one per guess.
+func TestPurgeSecretLeavesNoTrace(t *testing.T) {
+	core, logs := observer.New(zap.WarnLevel)
+	h := newCachedHandler(t, servingOrigin(objectBytes(1000)), t.TempDir(), withPurge)
+	h.logger = zap.New(core)
+	for i, secret := range []string{"s3cret", "wrong", "wrong", "s3cret"} {
+		for range 25 {
+			r := httptest.NewRequest(http.MethodGet, "/v/a.mp4", nil)
+			r.Header.Set("X-Cache-Buster-Secret", secret)
+			w := httptest.NewRecorder()
+			if err := h.ServeHTTP(w, r, nil); err != nil {
+				t.Fatal(err)
+			}
+			if v, ok := r.Header["X-Cache-Buster-Secret"]; ok {
+				t.Fatalf("request %d: the header is still on the request after the handler: %q", i, v)
+			}
+			if want := map[bool]int{true: 204, false: 200}[secret == "s3cret"]; w.Code != want {
+				t.Fatalf("request %d with secret %q: %d, want %d", i, secret, w.Code, want)
+			}
+		}
+	}
+	if n := logs.FilterMessageSnippet("wrong secret").Len(); n != 1 {
+		t.Fatalf("%d warnings for 50 wrong guesses in a row, want 1", n)
+	}
+	for _, entry := range logs.All() {
+		for _, f := range entry.Context {
+			if strings.Contains(f.String, "s3cret") || strings.Contains(f.String, "wrong") && f.Key != "msg" {
+				t.Fatalf("a log field holds a secret: %s=%q", f.Key, f.String)
+			}
+		}
 	}
 }
