@@ -468,7 +468,6 @@ func (h *Handler) openCache(dir string) error {
 	return nil
 }
 
-
 // openRoot opens the local fallthrough directory. A missing directory is
 // not fatal: a fresh cache node may have no local media at all, and the
 // S3 path still works. Anything else that is wrong with it is.
