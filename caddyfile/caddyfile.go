@@ -54,6 +54,7 @@ func parseDirective(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		content_security_policy <value>|off
 //		nosniff on|off
 //		hide_header <name>...
+//		max_entries <n>
 //		inactive <duration>
 //		min_free <size>
 //		levels <1|2>[:<1|2>[:<1|2>]]
@@ -132,6 +133,8 @@ func Unmarshal(d *caddyfile.Dispenser, h *s3cache.Handler) error {
 			var on bool
 			on, err = onOffArg(d)
 			h.DisableNosniff = !on
+		case "max_entries":
+			h.MaxEntries, err = countArg(d, 1, 1<<31-1)
 		case "inactive":
 			h.Inactive, err = durationArg(d)
 		case "min_free":

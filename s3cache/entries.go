@@ -38,6 +38,8 @@ type entry struct {
 	// pins counts the fills writing this entry; eviction passes over a
 	// pinned entry (purge does not).
 	pins int
+	// negative: a snapshot of a negative entry (negatives.go).
+	negative bool
 	// id is the file's identity when it was indexed, so a removal that
 	// runs outside the lock unlinks this file and not a newer one.
 	id fileIdentity
@@ -109,6 +111,10 @@ func (s *store) lookup(key string, now time.Time) (entry, bool) {
 		s.mu.Unlock()
 		return snapshot, true
 	}
+	if n, ok := s.negatives.byKey[key]; ok {
+		s.mu.Unlock()
+		return n.asEntry(), true
+	}
 	s.mu.Unlock()
 
 	select {
@@ -123,9 +129,7 @@ func (s *store) lookup(key string, now time.Time) (entry, bool) {
 
 // insertLocked adds or replaces the index entry for key.
 func (s *store) insertLocked(key, path string, m entryMeta, complete bool, diskBytes int64, id fileIdentity, lastUsed time.Time) *entry {
-	if _, ok := s.entries[key]; ok {
-		s.removeLocked(key)
-	}
+	s.removeLocked(key)
 	m.lengthStr = strconv.FormatInt(m.bodyLen, 10)
 	s.gen++
 	e := &entry{meta: m, path: path, lastUsed: lastUsed, gen: s.gen, complete: complete, diskBytes: diskBytes, id: id}
@@ -141,6 +145,11 @@ func (s *store) insertLocked(key, path string, m entryMeta, complete bool, diskB
 // removeLocked drops key from the index and returns the entry, whose file
 // the caller removes with removeFiles.
 func (s *store) removeLocked(key string) (*entry, bool) {
+	if n, ok := s.negatives.byKey[key]; ok {
+		s.removeNegativeLocked(n)
+		snapshot := n.asEntry()
+		return &snapshot, true
+	}
 	e, ok := s.entries[key]
 	if !ok {
 		return nil, false
@@ -155,10 +164,23 @@ func (s *store) removeLocked(key string) (*entry, bool) {
 	return e, true
 }
 
+// peekLocked returns a snapshot of the index entry of key, negative or
+// not, without marking it used.
+func (s *store) peekLocked(key string) (entry, bool) {
+	if e, ok := s.entries[key]; ok {
+		return *e, true
+	}
+	if n, ok := s.negatives.byKey[key]; ok {
+		return n.asEntry(), true
+	}
+	return entry{}, false
+}
+
 // currentLocked returns the index entry of the snapshot e if it is still
 // the current one for its key.
 func (s *store) currentLocked(key string, gen uint64) (*entry, bool) {
 	e, ok := s.entries[key]
+	// (A negative entry has nothing a snapshot's holder may update.)
 	if !ok || e.gen != gen {
 		return nil, false
 	}
@@ -184,6 +206,9 @@ func (s *store) removeFiles(files []doomedFile) {
 }
 
 func (s *store) removeFile(d doomedFile) {
+	if d.path == "" {
+		return // a negative entry: no file
+	}
 	mu := s.pathLock(d.path)
 	mu.Lock()
 	defer mu.Unlock()
@@ -329,7 +354,7 @@ func (s *store) writeEntryFile(f *fill, m *entryMeta, start []byte, usage int64)
 		return fail(err)
 	}
 	path := s.entryPath(m.Key)
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+	if err := s.makeDirs(path); err != nil {
 		return fail(err)
 	}
 
@@ -364,8 +389,36 @@ func (s *store) writeEntryFile(f *fill, m *entryMeta, start []byte, usage int64)
 		e.known, e.verifiedAt = identityOf(info), time.Now()
 	}
 	gen := e.gen
+	doomed := s.trimLocked()
 	s.mu.Unlock()
+	s.removeFiles(doomed)
 	return tmp, gen, nil
+}
+
+// makeDirs creates the level directories of an entry path that are not
+// there yet. Like nginx's, they are never removed; the disk each takes
+// counts against max_size from its creation, so a scan of distinct keys
+// cannot grow the directory tree past it.
+func (s *store) makeDirs(path string) error {
+	var dirs []string
+	for dir := filepath.Dir(path); dir != s.dir && len(dirs) <= len(s.levels); dir = filepath.Dir(dir) {
+		dirs = append(dirs, dir)
+	}
+	for i := len(dirs) - 1; i >= 0; i-- {
+		err := os.Mkdir(dirs[i], 0o700)
+		if errors.Is(err, fs.ErrExist) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if info, err := os.Stat(dirs[i]); err == nil {
+			s.mu.Lock()
+			s.dirBytes += allocated(info)
+			s.mu.Unlock()
+		}
+	}
+	return nil
 }
 
 // sliceStored turns the bytes reserved for a slice of the entry gen of
@@ -439,6 +492,11 @@ func (s *store) purgePrefix(prefix string) int {
 	}
 	for key := range s.fills {
 		if _, indexed := s.entries[key]; !indexed && strings.HasPrefix(key, prefix) {
+			keys = append(keys, key)
+		}
+	}
+	for key := range s.negatives.byKey {
+		if strings.HasPrefix(key, prefix) {
 			keys = append(keys, key)
 		}
 	}

@@ -173,7 +173,7 @@ func (s *store) joinFill(key string, rules *fillRules, plan fillPlan) (*fill, ui
 			return f, since, nil
 		}
 	}
-	if e, ok := s.entries[key]; ok && (plan.base == nil || e.gen != plan.base.gen || !e.meta.storedAt.Equal(plan.base.meta.storedAt)) {
+	if e, ok := s.peekLocked(key); ok && (plan.base == nil || e.gen != plan.base.gen || !e.meta.storedAt.Equal(plan.base.meta.storedAt)) {
 		s.mu.Unlock()
 		return nil, 0, errEntryAppeared
 	}

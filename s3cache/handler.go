@@ -44,6 +44,8 @@ const (
 	defaultMaxObjectSize    = 1 << 30
 	defaultLockTimeout      = 5 * time.Second
 	defaultMaxFills         = 64
+	minDefaultEntries       = 10_000
+	bytesPerDefaultEntry    = 32 << 10
 	defaultSlice            = 1 << 20
 	defaultFillAhead        = 4 << 20
 	defaultFillParallel     = 4
@@ -107,6 +109,14 @@ type Handler struct {
 	// least-recently-used entries are evicted to stay under it.
 	// Default: 10GiB.
 	MaxSize int64 `json:"max_size,omitempty"`
+
+	// Most entries the in-memory index holds, like the number of keys
+	// nginx's keys_zone has room for; past it the least recently used
+	// are evicted. An entry takes about 900 bytes of memory. Negative
+	// answers (404s) are kept in memory only, about 230 bytes each, at
+	// most a quarter of it, and evicted first. Default: one per 32KiB of
+	// max_size (327680 for 10GiB), at least 10000.
+	MaxEntries int `json:"max_entries,omitempty"`
 
 	// Entries unused for this long are evicted, whatever their
 	// freshness. Default: 48h (the recipe's inactive=48h).
@@ -456,6 +466,7 @@ func (h *Handler) openCache(dir string) error {
 	}
 	limits := storeLimits{
 		maxBytes:     h.MaxSize,
+		maxEntries:   orDefault(h.MaxEntries, max(minDefaultEntries, int(h.MaxSize/bytesPerDefaultEntry))),
 		inactiveFor:  durationOr(h.Inactive, defaultInactive),
 		minFreeBytes: h.MinFree,
 	}
@@ -519,6 +530,8 @@ func (h *Handler) Validate() error {
 		return errors.New("s3_media_cache: access_key and secret_key must be set together (or both omitted to use the AWS credential chain)")
 	case h.MaxSize < 0:
 		return errors.New("s3_media_cache: max_size must not be negative")
+	case h.MaxEntries < 0:
+		return errors.New("s3_media_cache: max_entries must not be negative")
 	case h.MaxConcurrentFills < -1:
 		return errors.New("s3_media_cache: max_concurrent_fills must be positive, or -1 for no bound")
 	case h.Slice != 0 && !validSliceLen(h.Slice):

@@ -63,15 +63,12 @@ func (f *fill) identify(plan fillPlan) {
 func (f *fill) notFetched(plan fillPlan, err error, now time.Time) {
 	var oe *originError
 	if errors.As(err, &oe) && oe.status == http.StatusNotFound && (plan.base == nil || !f.rules.fresh.staleOn.allows(err)) {
-		if ttl, ok := f.rules.fresh.lifetime(http.StatusNotFound, nil, now); ok {
-			m := entryMeta{Key: f.key, Status: http.StatusNotFound, storedAt: now, expiresAt: now.Add(ttl), sliceLen: f.rules.sliceBytes}
-			if file, gen, cerr := f.store.createEntry(f, &m); cerr == nil {
-				file.Close()
-				f.store.unpin(f.key, gen)
-				f.meta = m
-				f.settle(fillNegative, nil)
-				return
-			}
+		if ttl, ok := f.rules.fresh.lifetime(http.StatusNotFound, nil, now); ok && !f.isDetached() {
+			m := entryMeta{Key: f.key, Status: http.StatusNotFound, storedAt: now, expiresAt: now.Add(ttl)}
+			f.store.storeNegative(f.key, m)
+			f.meta = m
+			f.settle(fillNegative, nil)
+			return
 		}
 	}
 	f.settle(fillFailed, err)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -51,11 +52,16 @@ func readEntryFile(path string) (entryFile, error) {
 	if ef.table, err = readSliceTable(f, &ef.meta); err != nil {
 		return ef, err
 	}
-	ef.diskBytes = diskUsage(&ef.meta, ef.table.present)
-	if st, ok := info.Sys().(*syscall.Stat_t); ok {
-		ef.diskBytes = max(ef.diskBytes, st.Blocks*512)
-	}
+	ef.diskBytes = max(diskUsage(&ef.meta, ef.table.present), allocated(info))
 	return ef, nil
+}
+
+// allocated is the disk a file takes: its blocks, as du counts them.
+func allocated(info fs.FileInfo) int64 {
+	if st, ok := info.Sys().(*syscall.Stat_t); ok {
+		return st.Blocks * 512
+	}
+	return info.Size()
 }
 
 // indexLocked adds a file found on disk to the index, unless the key is
@@ -84,12 +90,13 @@ func (s *store) probe(key string, now time.Time) (entry, bool) {
 		}
 		return entry{}, false
 	}
-	if ef.meta.Key != key {
+	if ef.meta.Key != key || ef.meta.Status != http.StatusOK {
 		return entry{}, false
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return *s.indexLocked(path, ef, now), true
+	e := *s.indexLocked(path, ef, now)
+	return e, true
 }
 
 // load is nginx's cache loader: it indexes every entry file in the
@@ -111,6 +118,11 @@ func (s *store) load() {
 			if path == s.tmpDir {
 				return filepath.SkipDir
 			}
+			if info, err := d.Info(); err == nil && path != s.dir {
+				s.mu.Lock()
+				s.dirBytes += allocated(info)
+				s.mu.Unlock()
+			}
 			return nil
 		}
 		if !isEntryName(d.Name()) {
@@ -124,7 +136,7 @@ func (s *store) load() {
 	}
 	s.mu.Lock()
 	n, partial, used := len(s.entries), s.stats.partial, s.used
-	doomed := s.evictUntilUnderLocked(0)
+	doomed := append(s.evictUntilUnderLocked(0), s.trimLocked()...)
 	s.mu.Unlock()
 	s.removeFiles(doomed)
 	s.logger.Info("cache index loaded", zap.Int("entries", n), zap.Int("partial", partial),
@@ -142,6 +154,12 @@ func (s *store) loadFile(path string) {
 	if s.entryPath(ef.meta.Key) != path {
 		// A file from another levels layout, or renamed by hand.
 		s.discardCorruptFile(path, ef.id, fmt.Errorf("%w: file name does not match its key", errCorruptEntry))
+		return
+	}
+	if ef.meta.Status != http.StatusOK {
+		// A negative answer kept on disk by an earlier build: they live
+		// in memory now, and a minute at most.
+		s.removeFile(doomedFile{path: path, id: ef.id})
 		return
 	}
 	s.mu.Lock()
@@ -196,6 +214,9 @@ func (s *store) managerInterval() time.Duration {
 func (s *store) evictInactive(now time.Time) {
 	var doomed []doomedFile
 	s.mu.Lock()
+	// Negative entries go as soon as they expire: a scan of missing
+	// keys must not hold memory for inactive.
+	s.dropExpiredNegativesLocked(now)
 	if s.limits.inactiveFor > 0 {
 		for back := s.lru.Back(); back != nil; {
 			e := back.Value.(*entry)

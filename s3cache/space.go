@@ -47,7 +47,7 @@ func (s *store) reserve(n int64) bool {
 		return false
 	}
 	doomed := s.evictUntilUnderLocked(n)
-	ok := s.used+s.reserved+n <= s.limits.maxBytes
+	ok := s.diskLocked()+n <= s.limits.maxBytes
 	if ok {
 		s.reserved += n
 	}
@@ -67,13 +67,49 @@ func (s *store) unreserve(n int64) {
 // recently used and rarely near the back of the list.
 const maxPinnedSkips = 64
 
+// diskLocked is the disk counted against max_size: entry files, the
+// space promised to fills, and the level directories.
+func (s *store) diskLocked() int64 {
+	return s.used + s.reserved + s.dirBytes
+}
+
 // evictUntilUnderLocked drops least-recently-used entries until used plus
 // promised plus extra bytes fit under max_size, and returns their files,
 // which the caller removes with removeFiles once the lock is released.
 func (s *store) evictUntilUnderLocked(extra int64) []doomedFile {
 	var doomed []doomedFile
 	skips := 0
-	for back := s.lru.Back(); back != nil && s.used+s.reserved+extra > s.limits.maxBytes; {
+	for back := s.lru.Back(); back != nil && s.diskLocked()+extra > s.limits.maxBytes; {
+		e := back.Value.(*entry)
+		back = back.Prev()
+		if e.pins > 0 {
+			if skips++; skips > maxPinnedSkips {
+				break
+			}
+			continue
+		}
+		if _, ok := s.removeLocked(e.meta.Key); ok {
+			doomed = append(doomed, doomedOf(e))
+			s.stats.evictions++
+		}
+	}
+	return doomed
+}
+
+// trimLocked drops entries while the index holds more than max_entries:
+// negative entries first, then the least recently used ones. It returns
+// the files to remove once the lock is released.
+func (s *store) trimLocked() []doomedFile {
+	var doomed []doomedFile
+	skips := 0
+	for back := s.lru.Back(); len(s.entries)+len(s.negatives.byKey) > s.limits.maxEntries; {
+		if last := s.negatives.lru.Back(); last != nil {
+			s.removeNegativeLocked(last.Value.(*negativeEntry))
+			continue
+		}
+		if back == nil {
+			break
+		}
 		e := back.Value.(*entry)
 		back = back.Prev()
 		if e.pins > 0 {

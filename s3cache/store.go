@@ -26,6 +26,7 @@ var stores = caddy.NewUsagePool()
 // storeLimits are the bounds a store enforces. They may change on reload.
 type storeLimits struct {
 	maxBytes     int64
+	maxEntries   int
 	inactiveFor  time.Duration
 	minFreeBytes int64
 }
@@ -65,14 +66,16 @@ type store struct {
 	// the file of a newer entry of the same key.
 	pathLocks [64]sync.Mutex
 
-	mu       sync.Mutex // guards the fields below
-	limits   storeLimits
-	entries  map[string]*entry  // by cache key
-	lru      list.List          // of *entry; front is most recently used
-	used     int64              // disk bytes of indexed entries
-	reserved int64              // disk bytes promised to slices being fetched and entries being created
-	fills    map[string]*fill   // fills in flight, by cache key
-	mappings map[keyMapping]int // sites using the store, with a use count
+	mu        sync.Mutex // guards the fields below
+	limits    storeLimits
+	entries   map[string]*entry  // by cache key
+	lru       list.List          // of *entry with a file; front is most recently used
+	negatives negatives          // S3's 404s, in memory only
+	dirBytes  int64              // disk taken by the level directories
+	used      int64              // disk bytes of indexed entries
+	reserved  int64              // disk bytes promised to slices being fetched and entries being created
+	fills     map[string]*fill   // fills in flight, by cache key
+	mappings  map[keyMapping]int // sites using the store, with a use count
 	// passes are keys found uncacheable, with when to try them again.
 	passes  map[string]time.Time
 	gen     uint64 // last entry generation handed out
@@ -87,22 +90,24 @@ type store struct {
 
 // StoreStats is a snapshot of a store, as the admin API reports it.
 type StoreStats struct {
-	CacheDir       string  `json:"cache_dir"`
-	Loaded         bool    `json:"index_loaded"`
-	Entries        int     `json:"entries"`
-	PartialEntries int     `json:"partial_entries"`
-	Bytes          int64   `json:"bytes"`
-	MaxBytes       int64   `json:"max_bytes"`
-	ReservedBytes  int64   `json:"reserved_bytes"`
-	FillsInFlight  int     `json:"fills_in_flight"`
-	FillWaiters    int     `json:"fill_waiters"`
-	Requests       int64   `json:"requests"`
-	Hits           int64   `json:"hits"`
-	HitRatio       float64 `json:"hit_ratio"`
-	S3Errors       int64   `json:"s3_errors"`
-	Evictions      int64   `json:"evictions"`
-	Purges         int64   `json:"purges"`
-	CorruptRemoved int64   `json:"corrupt_removed"`
+	CacheDir        string  `json:"cache_dir"`
+	Loaded          bool    `json:"index_loaded"`
+	Entries         int     `json:"entries"`
+	PartialEntries  int     `json:"partial_entries"`
+	NegativeEntries int     `json:"negative_entries"`
+	MaxEntries      int     `json:"max_entries"`
+	Bytes           int64   `json:"bytes"`
+	MaxBytes        int64   `json:"max_bytes"`
+	ReservedBytes   int64   `json:"reserved_bytes"`
+	FillsInFlight   int     `json:"fills_in_flight"`
+	FillWaiters     int     `json:"fill_waiters"`
+	Requests        int64   `json:"requests"`
+	Hits            int64   `json:"hits"`
+	HitRatio        float64 `json:"hit_ratio"`
+	S3Errors        int64   `json:"s3_errors"`
+	Evictions       int64   `json:"evictions"`
+	Purges          int64   `json:"purges"`
+	CorruptRemoved  int64   `json:"corrupt_removed"`
 }
 
 // snapshot reports the store's state.
@@ -114,8 +119,8 @@ func (s *store) snapshot() StoreStats {
 	default:
 	}
 	s.mu.Lock()
-	st.Entries, st.Bytes, st.MaxBytes, st.ReservedBytes = len(s.entries), s.used, s.limits.maxBytes, s.reserved
-	st.PartialEntries = s.stats.partial
+	st.Entries, st.Bytes, st.MaxBytes, st.ReservedBytes = len(s.entries), s.used+s.dirBytes, s.limits.maxBytes, s.reserved
+	st.PartialEntries, st.NegativeEntries, st.MaxEntries = s.stats.partial, len(s.negatives.byKey), s.limits.maxEntries
 	st.Evictions, st.Purges, st.CorruptRemoved = s.stats.evictions, s.stats.purges, s.stats.removedCorrupt
 	st.FillsInFlight = len(s.fills)
 	fills := make([]*fill, 0, len(s.fills))
@@ -206,6 +211,7 @@ func newStore(dir string, levels []int, limits storeLimits, logger *zap.Logger) 
 		fills:         make(map[string]*fill),
 		mappings:      make(map[keyMapping]int),
 		passes:        make(map[string]time.Time),
+		negatives:     negatives{byKey: make(map[string]*negativeEntry)},
 		maxOpen:       maxOpenEntryFiles(),
 	}
 	s.goBackground(s.load)
