@@ -100,7 +100,7 @@ func newCachedHandler(t *testing.T, o origin, dir string, configure func(*Handle
 	if err := h.buildFreshness(); err != nil {
 		t.Fatal(err)
 	}
-	if err := h.openCache(dir); err != nil {
+	if err := h.openCache(dir, t, "the test's site"); err != nil {
 		t.Fatal(err)
 	}
 	h.buildFillRules()

@@ -269,7 +269,8 @@ type Handler struct {
 	maxObjectBytes int64
 	lockTimeout    time.Duration
 	lockDisabled   bool
-	fills          *fillRules // for the fills this handler starts
+	fills          *fillRules  // for the fills this handler starts
+	claim          limitsClaim // what this site asked of its store
 }
 
 // CaddyModule returns the Caddy module information.
@@ -340,7 +341,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 	}
 	if h.CacheDir != "" {
-		if err := h.openCache(resolve(h.CacheDir)); err != nil {
+		var listen []string
+		if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok {
+			listen = srv.Listen
+		}
+		if err := h.openCache(resolve(h.CacheDir), ctx.GetMetricsRegistry(), siteName(listen, h.mapping)); err != nil {
 			return err
 		}
 	}
@@ -451,8 +456,10 @@ func orDefault[T int | int64](v, def T) T {
 	return v
 }
 
-// openCache opens (or joins, after a reload) the store for dir.
-func (h *Handler) openCache(dir string) error {
+// openCache opens (or joins, after a reload) the store for dir. config
+// identifies the config being loaded, and site this site, for the store's
+// check that the sites of one config sharing it agree on its limits.
+func (h *Handler) openCache(dir string, config any, site string) error {
 	levelSpec := h.Levels
 	if levelSpec == "" {
 		levelSpec = defaultLevels
@@ -472,6 +479,11 @@ func (h *Handler) openCache(dir string) error {
 	}
 	s, err := openStore(dir, levels, limits, h.logger)
 	if err != nil {
+		return fmt.Errorf("s3_media_cache: %w", err)
+	}
+	h.claim = limitsClaim{config: config, site: site, levels: levels, limits: limits}
+	if err := s.claim(h.claim); err != nil {
+		releaseStore(dir)
 		return fmt.Errorf("s3_media_cache: %w", err)
 	}
 	h.store, h.storeDir = s, dir
@@ -565,6 +577,7 @@ func (h *Handler) Validate() error {
 func (h *Handler) Cleanup() error {
 	if h.store != nil {
 		h.store.removeMapping(h.mapping)
+		h.store.unclaim(h.claim.config, h.claim.site)
 		releaseStore(h.storeDir)
 	}
 	if h.closeOrigin != nil {

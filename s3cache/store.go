@@ -76,6 +76,7 @@ type store struct {
 	reserved  int64              // disk bytes promised to slices being fetched and entries being created
 	fills     map[string]*fill   // fills in flight, by cache key
 	mappings  map[keyMapping]int // sites using the store, with a use count
+	claims    []limitsClaim      // what each site using the store asked of it
 	// passes are keys found uncacheable, with when to try them again.
 	passes  map[string]time.Time
 	gen     uint64 // last entry generation handed out
@@ -168,12 +169,9 @@ func openStore(dir string, levels []int, limits storeLimits, logger *zap.Logger)
 		return nil, err
 	}
 	s := val.(*store)
-	if loaded {
-		if !equalLevels(s.levels, levels) {
-			stores.Delete(dir)
-			return nil, fmt.Errorf("cache_dir %s is already in use with levels %s; a different levels needs an empty directory", dir, formatLevels(s.levels))
-		}
-		s.setLimits(limits)
+	if loaded && !equalLevels(s.levels, levels) {
+		stores.Delete(dir)
+		return nil, fmt.Errorf("cache_dir %s is already in use with levels %s; a different levels needs an empty directory", dir, formatLevels(s.levels))
 	}
 	return s, nil
 }
