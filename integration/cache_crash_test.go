@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -43,6 +44,8 @@ type childOptions struct {
 	// admin gives it an admin endpoint on a free loopback port, for
 	// /load, /metrics and /debug/pprof.
 	admin bool
+	// site are more directives of its site, such as a log.
+	site []string
 }
 
 var testCaddyBuild struct {
@@ -107,11 +110,20 @@ func (c *caddyChild) caddyfile(extra ...string) string {
 }
 
 http://%s {
-	s3_media_cache {
+%s	s3_media_cache {
 %s
 	}
 }
-`, admin, c.addr, indent(blockFor(block...)))
+`, admin, c.addr, siteLines(c.opts.site), indent(blockFor(block...)))
+}
+
+// siteLines renders directives for a site block, one per line.
+func siteLines(directives []string) string {
+	var b strings.Builder
+	for _, d := range directives {
+		b.WriteString("\t" + d + "\n")
+	}
+	return b.String()
 }
 
 // startCaddyChild runs bin as a child named name (its files in workDir

@@ -46,6 +46,9 @@ type ledgerRow struct {
 	// Bytes compared against the bucket's copy, and the mismatches found.
 	Bytes      int64 `json:"bytes_compared"`
 	Mismatches int   `json:"mismatches"`
+	// Figure is a measurement the case reports (a peak, a ratio), for
+	// README's reliability table.
+	Figure string `json:"figure,omitempty"`
 }
 
 var tally = &ledger{rows: map[ledgerKey]*ledgerRow{}}
@@ -106,6 +109,13 @@ func recordBytes(t testing.TB, area, name string, n int64, mismatches int) {
 	}
 }
 
+// recordFigure records a measurement of a case, shown in the table's last
+// column. It asserts nothing: the test that measured it does.
+func recordFigure(t testing.TB, area, name, value string) {
+	t.Helper()
+	tally.count(area, name, func(r *ledgerRow) { r.Figure = value })
+}
+
 func btoi(b bool) int {
 	if b {
 		return 1
@@ -115,7 +125,7 @@ func btoi(b bool) int {
 
 // sorted returns the rows by area, in the issue's order, then case.
 func (l *ledger) sorted() []ledgerRow {
-	order := map[string]int{"S3 faults": 0, "process faults": 1, "disk faults": 2, "load": 3, "abuse": 4, "secrets": 5}
+	order := map[string]int{"S3 faults": 0, "process faults": 1, "disk faults": 2, "load": 3, "abuse": 4, "hostile day": 5, "secrets": 6}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	out := make([]ledgerRow, 0, len(l.rows))
@@ -151,12 +161,12 @@ func (l *ledger) print(w io.Writer) {
 	}
 	var total ledgerRow
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "area\tcase\tfaults\tsurvived\tbad inputs\trejected\tbytes compared\tmismatches\t")
+	fmt.Fprintln(tw, "area\tcase\tfaults\tsurvived\tbad inputs\trejected\tbytes compared\tmismatches\tfigure\t")
 	for _, r := range rows {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", r.Area, r.Case,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", r.Area, r.Case,
 			count(r.Faults, r.Faults+r.Inputs > 0), count(r.Survived, r.Faults > 0),
 			count(r.Inputs, r.Faults+r.Inputs > 0), count(r.Rejected, r.Inputs > 0),
-			bytesCount(r.Bytes), count(r.Mismatches, r.Bytes > 0))
+			bytesCount(r.Bytes), count(r.Mismatches, r.Bytes > 0), r.Figure)
 		total.Faults += r.Faults
 		total.Survived += r.Survived
 		total.Inputs += r.Inputs
@@ -164,7 +174,7 @@ func (l *ledger) print(w io.Writer) {
 		total.Bytes += r.Bytes
 		total.Mismatches += r.Mismatches
 	}
-	fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%s\t%d\t\n", "total", strings.Repeat("-", 4),
+	fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%s\t%d\t\t\n", "total", strings.Repeat("-", 4),
 		total.Faults, total.Survived, total.Inputs, total.Rejected, bytesCount(total.Bytes), total.Mismatches)
 	tw.Flush()
 }

@@ -6,7 +6,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"strconv"
 	"strings"
 	"time"
 
@@ -167,7 +166,7 @@ func (h *Handler) serveThroughFill(w http.ResponseWriter, r *http.Request, ckey 
 	default: // fillUncacheable
 		if isPlainGet(r) {
 			if resp := f.takeOver(); resp != nil {
-				defer resp.body.Close()
+				defer func() { resp.body.Close() }() // spooled by then
 				return h.respondOrigin(w, r, plan.objectKey, word, resp)
 			}
 		}
@@ -236,28 +235,11 @@ func (h *Handler) staleOrFailure(w http.ResponseWriter, r *http.Request, stale *
 
 // resumer returns how a reader of a fill reads part of the object from S3
 // itself: bytes [off, off+n) of the same version (If-Match on its ETag),
-// so the client never notices.
+// spooled so that the client's pace does not hold S3 (see spool.go).
 func (h *Handler) resumer(r *http.Request, key, etag string) func(off, n int64) (io.ReadCloser, error) {
 	return func(off, n int64) (io.ReadCloser, error) {
-		return h.resumeFromOrigin(r, key, etag, off, n)
+		return h.spoolRange(r.Context(), key, etag, off, n), nil
 	}
-}
-
-func (h *Handler) resumeFromOrigin(r *http.Request, key, etag string, off, n int64) (io.ReadCloser, error) {
-	req := originRequest{key: key, rangeSpec: rangeSpec(off, n), ifMatch: etag}
-	resp, err := h.origin.fetch(r.Context(), req)
-	if err != nil {
-		return nil, err
-	}
-	first, last, _, ok := parseContentRange(resp.header.Get("Content-Range"))
-	ok = ok && first == off && last == off+n-1 && resp.header.Get("Content-Length") == strconv.FormatInt(n, 10)
-	if resp.status != http.StatusPartialContent || resp.body == nil || !ok {
-		if resp.body != nil {
-			resp.body.Close()
-		}
-		return nil, fmt.Errorf("resuming from S3: got status %d", resp.status)
-	}
-	return resp.body, nil
 }
 
 // refreshInBackground starts one refresh of an expired entry, unless one

@@ -269,8 +269,9 @@ type Handler struct {
 	maxObjectBytes int64
 	lockTimeout    time.Duration
 	lockDisabled   bool
-	fills          *fillRules  // for the fills this handler starts
-	claim          limitsClaim // what this site asked of its store
+	fills          *fillRules   // for the fills this handler starts
+	spoolBudget    *spoolBudget // memory for pass-through chunks (spool.go)
+	claim          limitsClaim  // what this site asked of its store
 }
 
 // CaddyModule returns the Caddy module information.
@@ -446,6 +447,16 @@ func (h *Handler) buildFillRules() {
 		checkETag:      !h.DisableETagCheck,
 		logger:         h.logger,
 	}
+	h.spoolBudget = newSpoolBudget(spoolBudgetFor(h.MaxConcurrentFills, h.fills.sliceBytes))
+}
+
+// spoolBudgetFor is the memory pass-through chunks may hold at once: a
+// slice for each S3 request max_concurrent_fills allows.
+func spoolBudgetFor(maxFills int, sliceBytes int64) int64 {
+	if maxFills <= 0 {
+		maxFills = defaultMaxFills
+	}
+	return int64(maxFills) * sliceBytes
 }
 
 // orDefault is v, or def when v is unset.
@@ -758,17 +769,85 @@ func (h *Handler) serveLocal(w http.ResponseWriter, r *http.Request, rel string)
 }
 
 // serveFromOrigin streams the object from S3 to the client without
-// storing it: when there is no cache, or this request cannot use it.
-// Memory stays flat whatever the object's size.
+// storing it: when there is no cache, or this request cannot use it. A GET
+// of the whole object, or of a range from a given byte, asks S3 for its
+// first chunk only and the rest chunk by chunk (spool.go), so memory stays
+// flat whatever the object's size and the client's pace holds no S3
+// request: the client is answered as if S3 had sent it all at once.
 func (h *Handler) serveFromOrigin(w http.ResponseWriter, r *http.Request, key, cacheStatus string) error {
-	resp, err := h.origin.fetch(r.Context(), clientOriginRequest(r, key))
+	req := clientOriginRequest(r, key)
+	asked, chunked := req.rangeSpec, false
+	if h.spoolBudget != nil && r.Method == http.MethodGet {
+		req.rangeSpec, chunked = firstChunk(req.rangeSpec, h.fills.sliceBytes)
+	}
+	resp, err := h.origin.fetch(r.Context(), req)
+	if err == nil && chunked && resp.status == http.StatusRequestedRangeNotSatisfiable && asked == "" {
+		// An empty object refuses any range: ask for it whole.
+		req.rangeSpec = ""
+		resp, err = h.origin.fetch(r.Context(), req)
+	}
 	if err != nil {
 		return h.originFailure(w, err, cacheStatus)
 	}
-	if resp.body != nil {
-		defer resp.body.Close()
+	defer func() {
+		if resp.body != nil {
+			resp.body.Close() // the spooled body, once spool has wrapped it
+		}
+	}()
+	if chunked && resp.status == http.StatusPartialContent {
+		widen(resp, asked)
 	}
 	return h.respondOrigin(w, r, key, cacheStatus, resp)
+}
+
+// firstChunk is the Range that asks S3 for the first chunk of what the
+// client asked: the start of the object for a plain GET, or of a range
+// with a first byte (a suffix range goes as it is). It reports whether it
+// changed anything.
+func firstChunk(asked string, chunk int64) (string, bool) {
+	if asked == "" {
+		return rangeSpec(0, chunk), true
+	}
+	spec, _ := strings.CutPrefix(asked, "bytes=")
+	first, last, _ := strings.Cut(spec, "-")
+	from, err := parseDigits(first)
+	if err != nil {
+		return asked, false // a suffix range
+	}
+	to := from + chunk - 1
+	if last != "" {
+		end, err := parseDigits(last)
+		if err != nil {
+			return asked, false
+		}
+		to = min(to, end)
+	}
+	return "bytes=" + strconv.FormatInt(from, 10) + "-" + strconv.FormatInt(to, 10), true
+}
+
+// widen turns S3's answer for the first chunk into the answer to what the
+// client asked (asked, its Range or none): 200 with the whole object's
+// length, or 206 with the client's range, clipped to the object.
+func widen(resp *originResponse, asked string) {
+	first, _, total, ok := parseContentRange(resp.header.Get("Content-Range"))
+	if !ok || total < 0 {
+		return
+	}
+	if asked == "" {
+		resp.status = http.StatusOK
+		resp.header.Del("Content-Range")
+		resp.header.Set("Content-Length", strconv.FormatInt(total, 10))
+		return
+	}
+	end := total - 1
+	spec, _ := strings.CutPrefix(asked, "bytes=")
+	if _, last, _ := strings.Cut(spec, "-"); last != "" {
+		if n, err := parseDigits(last); err == nil {
+			end = min(end, n)
+		}
+	}
+	resp.header.Set("Content-Range", byteRange{first, end - first + 1}.contentRange(total))
+	resp.header.Set("Content-Length", strconv.FormatInt(end-first+1, 10))
 }
 
 // respondOrigin relays an S3 response through the header policy.
@@ -789,6 +868,7 @@ func (h *Handler) respondOrigin(w http.ResponseWriter, r *http.Request, key, cac
 	if resp.body == nil || r.Method == http.MethodHead {
 		return nil
 	}
+	h.spool(r.Context(), resp, key)
 	h.copyOrAbort(w, resp.body, key, cacheStatus)
 	return nil
 }

@@ -164,15 +164,16 @@ func (f *fill) identified(plan fillPlan, req originRequest, resp *originResponse
 // passed straight to S3 before the cache tries it again.
 const passFor = time.Minute
 
-// passOn settles a fill whose object is not stored. When S3's answer holds
-// the whole object, it is offered to one request that wants exactly that
-// (takeOver), so a small uncacheable object still costs one fetch; the
-// other requests ask S3 for what they need.
+// passOn settles a fill whose object is not stored. When S3's answer
+// starts at the object's first byte, it is offered to one request that
+// wants the whole object (takeOver), as the first chunk of a pass-through
+// (spool.go), so an object the cache will not store is still fetched once;
+// the other requests ask S3 for what they need.
 func (f *fill) passOn(resp *originResponse, start, size int64) {
-	whole := resp.body != nil && start == 0 && (resp.status == http.StatusOK || resp.header.Get("Content-Length") == strconv.FormatInt(size, 10))
-	if whole {
-		resp.status = http.StatusOK
-		resp.header.Del("Content-Range")
+	if resp.body != nil && start == 0 {
+		if resp.status == http.StatusPartialContent {
+			widen(resp, "")
+		}
 		f.passThrough = resp
 	} else if resp.body != nil {
 		resp.body.Close()

@@ -177,6 +177,13 @@ func (p *Proxy) Reset() {
 	p.peak = p.inFlight
 }
 
+// ResetPeak starts counting Peak afresh from the requests open now.
+func (p *Proxy) ResetPeak() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.peak = p.inFlight
+}
+
 // Peak is the most requests the proxy was answering at once since the
 // last Reset: what S3 would see of a client's concurrency.
 func (p *Proxy) Peak() int {
