@@ -5,11 +5,13 @@
 package caddyfile
 
 import (
+	"fmt"
+	"strconv"
+
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"strconv"
 
 	"github.com/s3mediacache/caddy-s3-media-cache/s3cache"
 )
@@ -78,6 +80,7 @@ func parseDirective(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 // The matcher, if any, has already been consumed by the Helper.
 func Unmarshal(d *caddyfile.Dispenser, h *s3cache.Handler) error {
 	d.Next() // the directive's name
+	h.Site = fmt.Sprintf("%s:%d", d.File(), d.Line())
 	if d.NextArg() {
 		return d.Errf("s3_media_cache takes no arguments on its first line, only a block of options")
 	}

@@ -68,6 +68,7 @@ func TestUnmarshalEveryOption(t *testing.T) {
 		ContentSecurityPolicy: "off",
 		DisableNosniff:        true,
 		HideHeaders:           []string{"Last-Modified", "ETag", "Content-Disposition"},
+		Site:                  "Testfile:1",
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("got  %+v\nwant %+v", got, want)
@@ -120,6 +121,7 @@ func TestUnmarshalCacheOptions(t *testing.T) {
 		PurgeHeader:        "Cache-Buster-Secret",
 		PurgeSecret:        "{env.CACHE_BUSTER_SECRET}",
 		PurgeMethod:        "POST",
+		Site:               "Testfile:1",
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("got  %+v\nwant %+v", got, want)

@@ -364,6 +364,36 @@ func wantOneS3Get(t *testing.T, obj s3test.Seeded) {
 	}
 }
 
+// wantS3Chunks checks that, since the last reset, S3 saw only the GETs of
+// a pass-through of bytes [from, to] of obj: a chunk at a time, in order
+// and each once (see s3cache/spool.go). The first chunk's Range ends a
+// chunk after from, or at to when the client's range ended there
+// (openEnded false); the others ask for exactly what is left.
+func wantS3Chunks(t *testing.T, obj s3test.Seeded, from, to int64, openEnded bool) {
+	t.Helper()
+	waitFor(2*time.Second, s3AnswersOver)
+	var want []string
+	for off := from; off <= to; off += defaultSlice {
+		end := min(off+defaultSlice-1, to)
+		if off == from && openEnded {
+			end = off + defaultSlice - 1
+		}
+		want = append(want, fmt.Sprintf("bytes=%d-%d", off, end))
+	}
+	var got []string
+	var pulled int64
+	for _, r := range env.proxy.Requests() {
+		if r.Method != http.MethodGet || r.Path != s3Path(privateBucket, obj.S3Key) {
+			t.Errorf("S3 saw %s %s; want only GETs of %s", r.Method, r.Path, obj.Key)
+		}
+		got = append(got, r.Header.Get("Range"))
+		pulled += r.BodyBytes
+	}
+	if !slices.Equal(got, want) || pulled != to-from+1 {
+		t.Errorf("S3 saw ranges %v and sent %d bytes; want %v, %d bytes", got, pulled, want, to-from+1)
+	}
+}
+
 // sliceRange is the Range header of the cache's GET of slice k.
 func sliceRange(k int64) string {
 	return fmt.Sprintf("bytes=%d-%d", k*defaultSlice, (k+1)*defaultSlice-1)

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -335,4 +336,93 @@ func TestReloadWithSmallerMaxSizeEvictsAtOnce(t *testing.T) {
 	last := objs[len(objs)-1]
 	wantGet(t, last, "HIT")
 	wantS3Requests(t, 0)
+}
+
+// Sites of one config naming the same cache_dir share one cache, so they
+// must agree on its limits: a config where they differ is refused with an
+// error naming the directory, both sites and the option, and the running
+// config goes on serving.
+func TestSitesSharingACacheDirMustDeclareTheSameLimits(t *testing.T) {
+	dir := t.TempDir()
+	loadCache(t, dir)
+	obj := env.objects.Get(s3test.KeyOriginalPNG)
+	fillEntry(t, dir, obj)
+
+	other := fmt.Sprintf("\nhttp://b.example:%d {\n\ts3_media_cache {\n%s\n\t}\n}\n", env.ports.http, indent(cacheBlock(dir, "max_size 5MiB")))
+	msg := loadError(t, siteConfig(cacheBlock(dir))+other)
+	if msg == "" {
+		t.Fatal("a config whose sites give one cache_dir two max_sizes was accepted")
+	}
+	for _, want := range []string{dir, "max_size"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("the error does not name %q: %s", want, msg)
+		}
+	}
+	if sites := regexp.MustCompile(`the site at Caddyfile:\d+`).FindAllString(msg, -1); len(sites) != 2 || sites[0] == sites[1] {
+		t.Errorf("the error does not name both sites by their line: %s", msg)
+	}
+	wantNoSecretIn(t, "the load error", msg)
+	recordInput(t, abuseArea, "two sites, one cache_dir, two max_sizes", msg != "", msg)
+
+	// The old config still serves its entries.
+	wantHitWithoutS3(t, obj)
+
+	// Declared the same in both: accepted.
+	if msg := loadError(t, siteConfig(cacheBlock(dir, "max_size 5MiB"))+other); msg != "" {
+		t.Fatalf("sites declaring the same limits were refused: %s", msg)
+	}
+}
+
+// A scan of distinct missing keys takes no disk: S3's 404s are kept in
+// memory only (at most a quarter of max_entries of them), so the cache
+// directory holds no file for them, whatever the scan's length.
+func TestMissingKeyScanTakesNoDisk(t *testing.T) {
+	dir := t.TempDir()
+	loadCache(t, dir, "max_size 1MiB", "max_entries 400")
+	before := duBytes(t, dir)
+	const keys, workers = 2000, 8
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	statuses := map[int]int{}
+	for w := range workers {
+		wg.Go(func() {
+			for i := w; i < keys; i += workers {
+				r := do(t, http.MethodGet, urlPath(testKey(t, fmt.Sprintf("scan/missing-%05d.png", i))))
+				mu.Lock()
+				statuses[r.status]++
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if statuses[http.StatusNotFound] != keys {
+		t.Errorf("answers = %v, want %d 404s", statuses, keys)
+	}
+	if n := env.proxy.Count(); n != keys {
+		t.Errorf("S3 requests = %d, want one per key (%d)", n, keys)
+	}
+	if files := entryFiles(t, dir); len(files) != 0 {
+		t.Errorf("%d files in cache_dir after a scan of missing keys, want none: %v", len(files), files)
+	}
+	after := duBytes(t, dir)
+	t.Logf("du of cache_dir: %d bytes before a scan of %d missing keys, %d after", before, keys, after)
+	if after > before {
+		t.Errorf("du of cache_dir grew from %d to %d bytes", before, after)
+	}
+
+	// The newest quarter of max_entries are answered from memory: a
+	// hundred more keys, one after the other, then the same again.
+	last := make([]string, 100)
+	for i := range last {
+		last[i] = urlPath(testKey(t, fmt.Sprintf("scan/last-%03d.png", i)))
+		wantEmptyError(t, do(t, http.MethodGet, last[i]), http.StatusNotFound)
+	}
+	env.proxy.Reset()
+	for _, p := range last {
+		r := do(t, http.MethodGet, p)
+		wantEmptyError(t, r, http.StatusNotFound)
+		wantCacheStatus(t, r, "HIT")
+	}
+	wantS3Requests(t, 0)
+	recordFault(t, abuseArea, "a scan of missing keys takes no disk", !t.Failed(), fmt.Sprintf("du %d bytes before, %d after", before, after))
 }

@@ -27,10 +27,15 @@ func TestGetServesEachObjectKindByteExact(t *testing.T) {
 				t.Error("Last-Modified missing")
 			}
 			wantMediaHeaders(t, r, "MISS")
-			wantS3Requests(t, 1)
-			if n := env.proxy.CountFor(http.MethodGet, s3Path(privateBucket, key)); n != 1 {
-				t.Errorf("GET %s at S3 = %d, want 1: %v", key, n, env.proxy.Counts())
+			if obj.Size == 0 {
+				// S3 refuses a range of an empty object; it is then
+				// asked for whole.
+				if got := rangeCounts(); len(got) != 2 || got[""] != 1 {
+					t.Errorf("S3 saw %v for the empty object, want the first chunk refused, then a plain GET", got)
+				}
+				return
 			}
+			wantS3Chunks(t, obj, 0, obj.Size-1, true)
 		})
 	}
 }
@@ -68,9 +73,10 @@ func TestHeadGivesLengthAndNoBody(t *testing.T) {
 func TestLargeObjectStreamsByteExact(t *testing.T) {
 	load(t, siteConfig(blockFor()))
 	obj := env.objects.Get(s3test.KeyThirtyMB)
+	env.proxy.Reset()
 	r := get(t, urlPath(obj.Key))
 	wantBody(t, r, http.StatusOK, obj.Body)
-	wantS3Requests(t, 1)
+	wantS3Chunks(t, obj, 0, obj.Size-1, true)
 }
 
 func TestQueryStringIsNotPartOfTheKey(t *testing.T) {

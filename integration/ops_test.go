@@ -1,12 +1,16 @@
 package integration
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/s3mediacache/caddy-s3-media-cache/integration/s3test"
 )
@@ -137,4 +141,69 @@ func TestMetricsAreExposed(t *testing.T) {
 		}
 	}
 	wantNoSecretIn(t, "metrics", body)
+}
+
+// With Caddy's access log on the media site, neither the purge secret nor
+// a guess at it reaches the log: requests carrying the purge header are
+// kept out of the access log (the handler logs purges itself, without the
+// value), and a flood of wrong guesses is one warning line, not one each.
+func TestPurgeHeaderNeverReachesTheAccessLog(t *testing.T) {
+	obj := env.objects.Get(s3test.KeyOriginalPNG)
+	t.Setenv("S3MC_TEST_PURGE_SECRET", purgeSecret)
+	dir := t.TempDir()
+	accessLog := filepath.Join(t.TempDir(), "access.log")
+	site := fmt.Sprintf("log {\n\t\toutput file %s\n\t\tformat json\n\t}\n\ts3_media_cache {\n%s\n\t}",
+		accessLog, indent(cacheBlock(dir, "purge_header Cache-Buster-Secret {env.S3MC_TEST_PURGE_SECRET}")))
+	load(t, caddyfileFor(env.ports, site))
+	warmUp(t)
+	fillEntry(t, dir, obj)
+
+	from := suiteLogSize(t)
+	const guesses = 50
+	for i := range guesses {
+		r := do(t, http.MethodGet, urlPath(obj.Key), fmt.Sprintf("Cache-Buster-Secret: guess-%03d", i))
+		wantBody(t, r, http.StatusOK, obj.Body)
+		wantCacheStatus(t, r, "HIT")
+	}
+	if r := do(t, http.MethodGet, urlPath(obj.Key), "Cache-Buster-Secret: "+purgeSecret); r.status != http.StatusNoContent {
+		t.Fatalf("purge with the right secret: status %d, want 204", r.status)
+	}
+	// An ordinary request after them, so the log is known to be written
+	// up to here; the purge made it a MISS.
+	r := do(t, http.MethodGet, urlPath(obj.Key))
+	wantBody(t, r, http.StatusOK, obj.Body)
+	wantCacheStatus(t, r, "MISS")
+
+	var logged []byte
+	waitFor(5*time.Second, func() bool {
+		logged, _ = os.ReadFile(accessLog)
+		return bytes.Contains(logged, []byte(urlPath(obj.Key)))
+	})
+	// The warm-up, the fill and the request after the purge; none of the
+	// 51 requests with the header.
+	if n := bytes.Count(logged, []byte("\n")); n != 3 {
+		t.Errorf("the access log has %d lines, want 3 (the requests without the purge header): %s", n, logged)
+	}
+	if bytes.Contains(logged, []byte(`"status":204`)) {
+		t.Error("the purge is in the access log")
+	}
+	for _, marker := range []string{purgeSecret, "guess-"} {
+		if bytes.Contains(logged, []byte(marker)) {
+			t.Errorf("the access log holds %q", marker)
+		}
+	}
+	var warnings int
+	for _, l := range suiteLogSince(t, from) {
+		if bytes.Contains(l, []byte(purgeSecret)) || bytes.Contains(l, []byte("guess-")) {
+			t.Errorf("Caddy's log holds the secret or a guess: %s", l)
+		}
+		if bytes.Contains(l, []byte("wrong secret")) {
+			warnings++
+		}
+	}
+	if warnings != 1 {
+		t.Errorf("%d warnings for %d wrong guesses in a row, want 1", warnings, guesses)
+	}
+	recordInput(t, secretsArea, "purge header with a site access log", !t.Failed(),
+		fmt.Sprintf("%d wrong guesses and a purge: %d access log lines, %d warnings", guesses, bytes.Count(logged, []byte("\n")), warnings))
 }

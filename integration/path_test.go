@@ -47,6 +47,15 @@ func TestMalformedPathsAre400WithoutTouchingS3(t *testing.T) {
 		"/a%5cb",
 		"/..%5c..%5cetc%5cpasswd",
 		"/%2e%2e%5c%2e%2e%5cwin.ini",
+		// Beside a character Go's URL escaping would re-encode ({, }, |,
+		// ", ^), so that EscapedPath falls back to re-encoding the
+		// decoded path and a %2F in it turns into a real /.
+		"/odd%2Fa{b.png",
+		"/odd%2fa}b.png",
+		"/odd%2Fa|b.png",
+		"/odd%2Fa^b.png",
+		"/odd%5Ca{b.png",
+		"/media_attachments{%2F..%2F..%2Fetc%2Fpasswd",
 		// Backslashes as sent, which Windows-minded servers treat as /.
 		`/a\b`,
 		`/media_attachments\..\x.png`,
@@ -121,7 +130,11 @@ func TestLookalikeTraversalsAreLiteralKeys(t *testing.T) {
 		{"/static/escape.txt;.png", "static/escape.txt;.png"},
 		{"/.htaccess", ".htaccess"},
 		{"/media_attachments/..png", "media_attachments/..png"},
-		{"/" + strings.Repeat("a/", 600) + "x.png", strings.Repeat("a/", 600) + "x.png"},
+		{"/" + strings.Repeat("a/", 500) + "x.png", strings.Repeat("a/", 500) + "x.png"},
+		// Past S3's 1024-byte key, or a 255-byte segment: no object can
+		// have the key, so it is a 404 without asking S3.
+		{"/" + strings.Repeat("a/", 600) + "x.png", ""},
+		{"/media/" + strings.Repeat("b", 256) + ".png", ""},
 	}
 	for _, c := range cases {
 		t.Run(c.target, func(t *testing.T) {
@@ -137,6 +150,22 @@ func TestLookalikeTraversalsAreLiteralKeys(t *testing.T) {
 			}
 			if r.status == http.StatusBadRequest {
 				wantS3Requests(t, 0)
+				return
+			}
+			if c.key == "" {
+				// Asked again and again, as a scanner would: never S3,
+				// never a log line above info.
+				from := suiteLogSize(t)
+				for range 20 {
+					r := rawRequest(t, http.MethodGet, c.target)
+					wantRefused(t, r, http.StatusNotFound)
+				}
+				wantS3Requests(t, 0)
+				for _, l := range suiteLogSince(t, from) {
+					if bytes.Contains(l, []byte(`"level":"error"`)) || bytes.Contains(l, []byte(`"level":"warn"`)) {
+						t.Errorf("a key S3 cannot hold was logged: %s", l)
+					}
+				}
 				return
 			}
 			reqs := env.proxy.Requests()

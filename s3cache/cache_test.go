@@ -892,9 +892,12 @@ func TestSliceTheCacheCannotTakeComesFromS3(t *testing.T) {
 	data := objectBytes(2<<20 + 100) // three slices
 	o := &scriptedOrigin{}
 	var resumes []originRequest
+	var mu sync.Mutex
 	o.respond = func(req originRequest) (*originResponse, error) {
 		if o.calls.Load() > 1 {
+			mu.Lock()
 			resumes = append(resumes, req)
+			mu.Unlock()
 		}
 		return answerFor(data, req, nil), nil
 	}
@@ -909,6 +912,8 @@ func TestSliceTheCacheCannotTakeComesFromS3(t *testing.T) {
 	// The second slice, read directly, and the third (a few bytes that
 	// fit), fetched for the cache.
 	var ranges []string
+	mu.Lock()
+	defer mu.Unlock()
 	for _, req := range resumes {
 		if req.ifMatch != testETag {
 			t.Errorf("%s without If-Match on the ETag", req.rangeSpec)

@@ -60,16 +60,25 @@ func limitsDiff(a, b limitsClaim) string {
 		}
 	}
 	add("max_size", a.limits.maxBytes, b.limits.maxBytes)
-	add("max_entries", a.limits.maxEntries, b.limits.maxEntries)
+	if a.limits.maxBytes == b.limits.maxBytes {
+		// Otherwise a default max_entries, which follows max_size, would
+		// be named as a second difference nobody declared.
+		add("max_entries", a.limits.maxEntries, b.limits.maxEntries)
+	}
 	add("inactive", a.limits.inactiveFor.String(), b.limits.inactiveFor.String())
 	add("min_free", a.limits.minFreeBytes, b.limits.minFreeBytes)
 	add("levels", formatLevels(a.levels), formatLevels(b.levels))
 	return strings.Join(diffs, "; ")
 }
 
-// siteName describes a site for the errors above: its listen addresses and
-// what it serves.
-func siteName(listen []string, m keyMapping) string {
+// siteName describes a site for the errors above: where it was configured
+// when the Caddyfile says so (and then the bucket need not be named, which
+// keeps it out of the log the load error goes to), else what it serves
+// and on which addresses.
+func siteName(configuredAt string, listen []string, m keyMapping) string {
+	if configuredAt != "" {
+		return "the site at " + configuredAt
+	}
 	name := "the site of bucket " + m.bucket
 	if m.prefix != "" {
 		name += " prefix " + m.prefix

@@ -247,6 +247,13 @@ type Handler struct {
 	// Method of purge requests (CACHE_BUSTER_HTTP_METHOD). Default: GET.
 	PurgeMethod string `json:"purge_method,omitempty"`
 
+	// Where this handler was configured, such as "Caddyfile:12", for
+	// errors that must tell two sites apart (sites sharing a cache_dir
+	// with different limits): sites on one port differ only by host,
+	// which a handler cannot see. The Caddyfile adapter sets it.
+	// Default: none (the error names the bucket and the listen address).
+	Site string `json:"site,omitempty"`
+
 	mapping     keyMapping // URL paths to object keys and cache keys
 	originCfg   originConfig
 	origin      origin
@@ -346,7 +353,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok {
 			listen = srv.Listen
 		}
-		if err := h.openCache(resolve(h.CacheDir), ctx.GetMetricsRegistry(), siteName(listen, h.mapping)); err != nil {
+		if err := h.openCache(resolve(h.CacheDir), ctx.GetMetricsRegistry(), siteName(h.Site, listen, h.mapping)); err != nil {
 			return err
 		}
 	}
@@ -606,7 +613,8 @@ func (h *Handler) Cleanup() error {
 // ServeHTTP answers a media request and accounts for it: metrics, and the
 // {http.s3_media_cache.status} placeholder for access logs.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
-	err := h.serve(w, r, h.takePurgeSecret(r))
+	purge := h.takePurgeSecret(r)
+	err := h.serve(w, r, purge)
 	status := w.Header().Get("X-Cache-Status")
 	h.metrics.countRequest(status)
 	if h.store != nil {
@@ -620,6 +628,16 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	}
 	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
 		repl.Set("http.s3_media_cache.status", placeholderValue(status))
+	}
+	if purge.present && err != nil {
+		// Caddy logs a handler's error with the request's headers, as
+		// it cloned them before any handler ran: the error's status is
+		// written here instead.
+		var he caddyhttp.HandlerError
+		if errors.As(err, &he) {
+			w.WriteHeader(he.StatusCode)
+			err = nil
+		}
 	}
 	return err
 }
@@ -687,9 +705,12 @@ type purgeAttempt struct {
 	sum     [32]byte
 }
 
-// takePurgeSecret removes the cache buster's header from r before anything
-// can record it: Caddy's access log and its error log write a request's
-// headers after the handler has run, from the same header map.
+// takePurgeSecret takes the cache buster's header off r, keeping only a
+// digest of its value, and keeps the request out of Caddy's access log
+// (the log_skip variable): Caddy clones a request's headers for its logs
+// before any handler runs, so taking the header off is not enough, and an
+// access log line would hold the secret, or a guess at it. The handler
+// logs purges itself, without the value (see isPurge and servePurge).
 func (h *Handler) takePurgeSecret(r *http.Request) purgeAttempt {
 	if h.purgeHeader == "" {
 		return purgeAttempt{}
@@ -699,6 +720,7 @@ func (h *Handler) takePurgeSecret(r *http.Request) purgeAttempt {
 		return purgeAttempt{}
 	}
 	delete(r.Header, h.purgeHeader)
+	caddyhttp.SetVar(r.Context(), caddyhttp.LogSkipVar, true)
 	return purgeAttempt{present: true, sum: sha256.Sum256([]byte(strings.Join(v, ",")))}
 }
 
@@ -795,6 +817,12 @@ func (h *Handler) serveFromOrigin(w http.ResponseWriter, r *http.Request, key, c
 		}
 	}()
 	if chunked && resp.status == http.StatusPartialContent {
+		first, last, _, ok := parseContentRange(resp.header.Get("Content-Range"))
+		if !ok || resp.header.Get("Content-Length") != strconv.FormatInt(last-first+1, 10) {
+			// S3's Content-Length and Content-Range disagree: which
+			// one frames the body cannot be known.
+			return h.originFailure(w, &originError{status: http.StatusBadGateway, op: req.op(), reason: "S3's Content-Length and Content-Range disagree"}, cacheStatus)
+		}
 		widen(resp, asked)
 	}
 	return h.respondOrigin(w, r, key, cacheStatus, resp)

@@ -149,6 +149,11 @@ func (f *fill) identified(plan fillPlan, req originRequest, resp *originResponse
 		}
 	}
 	f.attach(m, file, gen, table, first, last)
+	// Room for the slices in hand first, before readers woken by publish
+	// reserve it for their read-ahead: bytes S3 has sent are not thrown
+	// away to make room for bytes not asked for yet.
+	for k := first; k < last && f.reserveSlice(k); k++ {
+	}
 	f.publish(word)
 	if last > first {
 		f.receive(first, last, resp.body)

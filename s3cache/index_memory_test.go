@@ -109,3 +109,33 @@ func TestIndexStaysWithinMaxEntries(t *testing.T) {
 		t.Fatal("an expired negative entry is still held")
 	}
 }
+
+// TestScanOfAMillionMissingKeys scans a million distinct missing keys
+// through a store sized by the defaults for a 10GiB cache: the index keeps
+// a quarter of max_entries negatives at most, and the heap they take stays
+// within the figure README documents for a scan (20 MB for 10GiB).
+func TestScanOfAMillionMissingKeys(t *testing.T) {
+	maxEntries := max(minDefaultEntries, int((10<<30)/bytesPerDefaultEntry))
+	s := &store{entries: map[string]*entry{}, negatives: negatives{byKey: map[string]*negativeEntry{}},
+		limits: storeLimits{maxBytes: 10 << 30, maxEntries: maxEntries}, logger: zap.NewNop()}
+	now := time.Now()
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for i := range 1_000_000 {
+		key := fmt.Sprintf("mastodon-media/media_attachments/files/%03d/%03d/%03d/original/%016x.png", i%1000, i/1000%1000, i%977, i*7919)
+		s.storeNegative(key, entryMeta{Key: key, Status: 404, storedAt: now, expiresAt: now.Add(time.Minute)})
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	runtime.KeepAlive(s)
+	held := len(s.negatives.byKey)
+	heap := int64(after.HeapAlloc) - int64(before.HeapAlloc)
+	t.Logf("a scan of 1,000,000 missing keys: %d negatives held (max_entries %d), %.1f MB of heap", held, maxEntries, float64(heap)/1e6)
+	if held != maxEntries/4 {
+		t.Errorf("%d negatives held, want %d (a quarter of max_entries)", held, maxEntries/4)
+	}
+	if heap > 20e6 {
+		t.Errorf("heap after the scan grew by %d bytes, want at most 20 MB", heap)
+	}
+}

@@ -44,6 +44,12 @@ func (o *limitedOrigin) fetch(ctx context.Context, req originRequest) (*originRe
 	return resp, nil
 }
 
+// closedEarlyGrace is how long the slot of a request whose body was closed
+// before its end stays taken: S3 goes on sending until it notices the
+// connection closed, about a round trip later, and until then the request
+// is still open at the wire.
+const closedEarlyGrace = 250 * time.Millisecond
+
 func (o *limitedOrigin) acquire(ctx context.Context, req originRequest) error {
 	select {
 	case o.slots <- struct{}{}:
@@ -74,15 +80,31 @@ func (o *limitedOrigin) release() { <-o.slots }
 // inFlight is the number of slots taken, for the metrics.
 func (o *limitedOrigin) inFlight() int { return len(o.slots) }
 
-// slotBody gives the slot back when the body is closed, once.
+// slotBody gives the slot back when the body is closed, once: at once for
+// a body read to its end, after closedEarlyGrace for one cut short.
 type slotBody struct {
 	io.ReadCloser
 	once    sync.Once
 	release func()
+	ended   bool
+}
+
+func (b *slotBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err == io.EOF {
+		b.ended = true
+	}
+	return n, err
 }
 
 func (b *slotBody) Close() error {
 	err := b.ReadCloser.Close()
-	b.once.Do(b.release)
+	b.once.Do(func() {
+		if b.ended {
+			b.release()
+		} else {
+			time.AfterFunc(closedEarlyGrace, b.release)
+		}
+	})
 	return err
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/md5"
+	"errors"
 	"fmt"
 	"hash"
 	"io"
@@ -20,9 +21,14 @@ import (
 // the chunk, so a client reading at 1 KB/s does not hold them for an hour:
 // like nginx's proxy_buffering, but in chunks of a slice rather than one
 // temp file per response. The chunks after the first are ranged GETs of the
-// same version (If-Match). Memory is bounded by a budget per site; a chunk
-// that finds it spent is read straight from S3 at the client's pace, as
-// before, which max_concurrent_fills still bounds.
+// same version (If-Match). A client that keeps up earns the next chunk
+// ahead of time, asked for while the current one arrives so that a fast
+// client sees no pause between chunks: once what S3 was asked for stays
+// within 1.1 times what the client read plus one chunk, so a client that
+// leaves has cost at most a chunk more than it read. A read-ahead takes a
+// max_concurrent_fills slot only if one is free. Memory is bounded by a budget per site; a chunk that
+// finds it spent is read straight from S3 at the client's pace, which
+// max_concurrent_fills still bounds.
 
 // spoolBudget is the memory the chunks of a site's pass-throughs may hold
 // at once.
@@ -52,15 +58,19 @@ func (b *spoolBudget) give(n int64) {
 // spooledBody is bytes [off, end) of one version of an object, read from
 // S3 a chunk at a time (see above).
 type spooledBody struct {
-	// fetch asks S3 for n bytes from off of the same version.
-	fetch  func(off, n int64) (io.ReadCloser, error)
+	// fetch asks S3 for n bytes from off of the same version; ahead
+	// for a read-ahead, which takes a slot only if one is free.
+	fetch  func(off, n int64, ahead bool) (io.ReadCloser, error)
 	chunk  int64
 	budget *spoolBudget
+	start  int64 // the first byte of the body
 	off    int64 // the next byte to hand out
 	end    int64
 	// first is the answer the body started with, for the first chunk.
 	first io.ReadCloser
 	cur   *chunkFill
+	// ahead is the chunk after cur, fetched ahead of the client, or nil.
+	ahead *chunkFill
 	// digest checks the whole object against its ETag when the body is
 	// the whole object and the ETag is its MD5; its last byte is held
 	// until it has.
@@ -72,17 +82,23 @@ type spooledBody struct {
 // chunkFill is one chunk being read from S3 into memory by a goroutine,
 // or, without budget, read from S3 as the client reads it.
 type chunkFill struct {
-	src    io.ReadCloser
 	start  int64 // body offset of the chunk
 	n      int64
 	budget *spoolBudget
 
 	mu     sync.Mutex
 	cond   *sync.Cond
-	buf    []byte // nil when read directly
+	src    io.ReadCloser // nil while a read-ahead waits for S3's answer
+	buf    []byte        // nil when read directly
 	filled int64
 	err    error
-	given  bool
+	given  bool // its budget is given back: the chunk is done with
+}
+
+func newChunkFill(start, n int64, budget *spoolBudget) *chunkFill {
+	c := &chunkFill{start: start, n: n, budget: budget}
+	c.cond = sync.NewCond(&c.mu)
+	return c
 }
 
 // spool wraps resp, S3's answer of 200 or 206 to a GET of key, so that its
@@ -106,7 +122,7 @@ func (h *Handler) spool(ctx context.Context, resp *originResponse, key string) {
 	if end < 0 {
 		return // no length to chunk by: stream it as it is
 	}
-	b := &spooledBody{fetch: fetch, chunk: h.fills.sliceBytes, budget: h.spoolBudget, off: off, end: end, first: resp.body}
+	b := &spooledBody{fetch: fetch, chunk: h.fills.sliceBytes, budget: h.spoolBudget, start: off, off: off, end: end, first: resp.body}
 	if want, ok := md5OfETag(resp.header); ok && !h.DisableETagCheck && resp.status == http.StatusOK {
 		b.digest, b.want = md5.New(), want
 	}
@@ -117,16 +133,16 @@ func (h *Handler) spool(ctx context.Context, resp *originResponse, key string) {
 // read from S3 as described above: for a reader of a fill that must read a
 // part of the object from S3 itself.
 func (h *Handler) spoolRange(ctx context.Context, key, etag string, off, n int64) io.ReadCloser {
-	return &spooledBody{fetch: h.rangeFetcher(ctx, key, etag, ""), chunk: h.fills.sliceBytes, budget: h.spoolBudget, off: off, end: off + n}
+	return &spooledBody{fetch: h.rangeFetcher(ctx, key, etag, ""), chunk: h.fills.sliceBytes, budget: h.spoolBudget, start: off, off: off, end: off + n}
 }
 
 // rangeFetcher returns how the chunks of a body after the first are read:
 // ranged GETs of key pinned to one version, by its ETag (or, with none,
 // its Last-Modified). An answer that is not exactly the range asked for is
 // an error.
-func (h *Handler) rangeFetcher(ctx context.Context, key, etag, lastModified string) func(off, n int64) (io.ReadCloser, error) {
-	return func(off, n int64) (io.ReadCloser, error) {
-		req := originRequest{key: key, rangeSpec: rangeSpec(off, n), ifMatch: etag}
+func (h *Handler) rangeFetcher(ctx context.Context, key, etag, lastModified string) func(off, n int64, ahead bool) (io.ReadCloser, error) {
+	return func(off, n int64, ahead bool) (io.ReadCloser, error) {
+		req := originRequest{key: key, rangeSpec: rangeSpec(off, n), ifMatch: etag, noQueue: ahead}
 		if etag == "" {
 			req.ifUnmodifiedSince = parseHTTPDate(lastModified)
 		}
@@ -168,23 +184,36 @@ func (b *spooledBody) Read(p []byte) (int, error) {
 		}
 	}
 	b.off += int64(n)
+	if err == nil {
+		b.readAhead()
+	}
 	return n, err
 }
 
-// next starts the chunk at b.off: from the first answer, or a ranged GET.
+// next moves on to the chunk at b.off: the one read ahead if there is
+// one, else the first answer or a ranged GET.
 func (b *spooledBody) next() error {
-	b.release()
+	b.cur.release()
+	b.cur = nil
+	if c := b.ahead; c != nil {
+		b.ahead = nil
+		if c.start == b.off && c.usable() {
+			b.cur = c
+			return nil
+		}
+		c.release() // failed: ask again, now that the client waits for it
+	}
 	n := min(b.chunk, b.end-b.off)
 	src := b.first
 	b.first = nil
 	if src == nil {
 		var err error
-		if src, err = b.fetch(b.off, n); err != nil {
+		if src, err = b.fetch(b.off, n, false); err != nil {
 			return err
 		}
 	}
-	c := &chunkFill{src: src, start: b.off, n: n, budget: b.budget}
-	c.cond = sync.NewCond(&c.mu)
+	c := newChunkFill(b.off, n, b.budget)
+	c.src = src
 	if b.budget.take(n) {
 		c.buf = make([]byte, n)
 		go c.fill()
@@ -192,6 +221,42 @@ func (b *spooledBody) next() error {
 	b.cur = c
 	return nil
 }
+
+// readAhead starts fetching the chunk after the current one once the
+// client has earned it (see above) and S3 has sent half of the current
+// one, so the next answer's first byte overlaps the end of this one.
+func (b *spooledBody) readAhead() {
+	c := b.cur
+	after := c.start + c.n
+	if b.ahead != nil || after >= b.end || c.buf == nil || !c.receivedHalf() {
+		return
+	}
+	n := min(b.chunk, b.end-after)
+	if after+n-b.start > (b.off-b.start)*11/10+b.chunk || !b.budget.take(n) {
+		return
+	}
+	ahead := newChunkFill(after, n, b.budget)
+	ahead.buf = make([]byte, n)
+	b.ahead = ahead
+	go func() {
+		src, err := b.fetch(after, n, true)
+		ahead.mu.Lock()
+		if err == nil && ahead.given {
+			// The body was closed meanwhile.
+			src.Close()
+			err = errClosed
+		}
+		ahead.src, ahead.err = src, err
+		ahead.cond.Broadcast()
+		ahead.mu.Unlock()
+		if err == nil {
+			ahead.fill()
+		}
+	}()
+}
+
+// errClosed ends a read-ahead whose body was closed before S3 answered.
+var errClosed = errors.New("the body was closed")
 
 // fill reads the chunk from S3 as fast as S3 sends it, then lets the S3
 // request go.
@@ -213,7 +278,37 @@ func (c *chunkFill) fill() {
 			break
 		}
 	}
+	if c.err == nil {
+		// Read to the end, so the connection goes back to the pool (and
+		// the slot at once): S3 promised exactly these bytes.
+		var extra [1]byte
+		if m, _ := c.src.Read(extra[:]); m > 0 {
+			c.mu.Lock()
+			c.err = errBadSlice
+			c.cond.Broadcast()
+			c.mu.Unlock()
+		}
+	}
 	c.src.Close()
+}
+
+// receivedHalf reports whether S3 has sent half of the chunk, without
+// error so far.
+func (c *chunkFill) receivedHalf() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.filled >= c.n/2 && c.err == nil
+}
+
+// usable reports whether a chunk read ahead can still serve its bytes:
+// S3 answered it, and no error has cut it.
+func (c *chunkFill) usable() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for c.src == nil && c.err == nil {
+		c.cond.Wait() // S3's answer to the read-ahead is on its way
+	}
+	return c.err == nil || c.filled == c.n
 }
 
 // read copies bytes of the chunk from offset at into p, waiting for them.
@@ -222,6 +317,14 @@ func (c *chunkFill) read(p []byte, at int64) (int, error) {
 		n, err := io.ReadFull(c.src, p[:min(int64(len(p)), c.n-at)])
 		if err == io.EOF || err == io.ErrUnexpectedEOF {
 			err = fmt.Errorf("the body from S3 ended early: %w", io.ErrUnexpectedEOF)
+		}
+		if err == nil && at+int64(n) == c.n {
+			// The whole chunk is read: read S3's end of it too, so its
+			// request ends cleanly (and its slot is free at once).
+			var extra [1]byte
+			if m, _ := c.src.Read(extra[:]); m > 0 {
+				err = errBadSlice
+			}
 		}
 		return n, err
 	}
@@ -236,20 +339,23 @@ func (c *chunkFill) read(p []byte, at int64) (int, error) {
 	return copy(p, c.buf[at:c.filled]), nil
 }
 
-// release ends the current chunk: its S3 request, and its memory.
-func (b *spooledBody) release() {
-	c := b.cur
+// release ends the chunk, if any: its S3 request, and its memory.
+func (c *chunkFill) release() {
 	if c == nil {
 		return
 	}
-	b.cur = nil
-	c.src.Close()
 	c.mu.Lock()
-	if c.buf != nil && !c.given {
+	src := c.src
+	if !c.given {
 		c.given = true
-		c.budget.give(c.n)
+		if c.buf != nil {
+			c.budget.give(c.n)
+		}
 	}
 	c.mu.Unlock()
+	if src != nil {
+		src.Close()
+	}
 }
 
 func (b *spooledBody) Close() error {
@@ -257,7 +363,9 @@ func (b *spooledBody) Close() error {
 		return nil
 	}
 	b.closed = true
-	b.release()
+	b.cur.release()
+	b.ahead.release()
+	b.cur, b.ahead = nil, nil
 	if b.first != nil {
 		b.first.Close()
 	}

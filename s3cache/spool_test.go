@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -140,5 +141,87 @@ func TestPassThroughWithoutBudgetStillServes(t *testing.T) {
 	resp, body = get(t, srv.URL+"/v/a.mp4", "Range", "bytes=1000000-1100000")
 	if resp.StatusCode != 206 || !bytes.Equal(body, data[1000000:1100001]) || resp.Header.Get("Content-Range") != "bytes 1000000-1100000/2097157" {
 		t.Fatalf("range: %d %q, %d bytes", resp.StatusCode, resp.Header.Get("Content-Range"), len(body))
+	}
+}
+
+// TestPassThroughReadAheadIsEarned reads pass-throughs of 12 MiB with
+// four slots free: a client that reads everything has the chunks after
+// the first asked for ahead of time, while the one before arrives (so it
+// sees no pause between chunks), each chunk once; clients that leave have
+// cost S3 at most 1.1 times what they read plus one chunk.
+func TestPassThroughReadAheadIsEarned(t *testing.T) {
+	const chunk = 1 << 20
+	data := objectBytes(12<<20 + 77)
+	var mu sync.Mutex
+	var asked []originRequest
+	o := &scriptedOrigin{respond: func(req originRequest) (*originResponse, error) {
+		mu.Lock()
+		asked = append(asked, req)
+		mu.Unlock()
+		return answerFor(data, req, nil), nil
+	}}
+	h := passThroughHandler(t, o, nil)
+	h.origin = newLimitedOrigin(o, 4, 200*time.Millisecond, nil)
+	h.spoolBudget = newSpoolBudget(8 * chunk)
+	srv := serve(t, h)
+	take := func() []originRequest {
+		mu.Lock()
+		defer mu.Unlock()
+		out := asked
+		asked = nil
+		return out
+	}
+
+	resp, body := get(t, srv.URL+"/v/whole.mp4")
+	if resp.StatusCode != 200 || !bytes.Equal(body, data) {
+		t.Fatalf("whole read: %d, %d bytes", resp.StatusCode, len(body))
+	}
+	seen, ahead := map[string]int{}, 0
+	for _, req := range take() {
+		seen[req.rangeSpec]++
+		if req.noQueue {
+			ahead++
+		}
+	}
+	if len(seen) != 13 {
+		t.Errorf("S3 was asked for %d distinct ranges, want the 13 chunks: %v", len(seen), seen)
+	}
+	for r, n := range seen {
+		if n != 1 {
+			t.Errorf("%s asked for %d times, want once", r, n)
+		}
+	}
+	if ahead < 6 {
+		t.Errorf("%d chunks were read ahead, want most of the 12 after the first", ahead)
+	}
+
+	// Clients that leave, read through the body itself (over HTTP, the
+	// socket buffers would read for them).
+	for _, read := range []int64{100 << 10, 900 << 10, 5 << 20, 11 << 20} {
+		var pulled atomic.Int64
+		b := &spooledBody{
+			fetch: func(off, n int64, _ bool) (io.ReadCloser, error) {
+				pulled.Add(n)
+				return io.NopCloser(bytes.NewReader(data[off : off+n])), nil
+			},
+			chunk: chunk, budget: newSpoolBudget(8 * chunk), end: int64(len(data)),
+		}
+		got := make([]byte, read)
+		for off := 0; off < len(got); off += 4096 { // a client reading 4 KiB at a time
+			if _, err := io.ReadFull(b, got[off:min(off+4096, len(got))]); err != nil {
+				t.Fatal(err)
+			}
+		}
+		b.Close()
+		time.Sleep(20 * time.Millisecond) // a read-ahead in flight lands
+		if !bytes.Equal(got, data[:read]) {
+			t.Fatalf("a client reading %d bytes got other bytes", read)
+		}
+		if bound := read*11/10 + chunk; pulled.Load() > bound {
+			t.Errorf("a client that read %d bytes and left cost %d bytes of S3, over %d", read, pulled.Load(), bound)
+		}
+		if b.budget.free != 8*chunk {
+			t.Errorf("after Close, %d bytes of the budget are still taken", 8*chunk-b.budget.free)
+		}
 	}
 }

@@ -192,6 +192,13 @@ func (p *Proxy) Peak() int {
 	return p.peak
 }
 
+// InFlight is the number of requests the proxy is answering now.
+func (p *Proxy) InFlight() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.inFlight
+}
+
 // BodyBytes is the total of body bytes the proxy sent in answers to
 // requests with this method and decoded path since the last Reset (an
 // empty method matches any). Answers still in progress count what they
