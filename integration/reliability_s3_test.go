@@ -436,11 +436,13 @@ func (v *faultVerdict) recover(m *faultMatrix, c s3FaultCase, mode faultMode, ob
 	var r streamed
 	switch {
 	case c.negative && mode != noCache:
-		// The "no such key" is stored for valid 404 (1s); once it has
-		// expired, the object is fetched again (in the cold cache's
-		// site, with the default use_stale updating, in the background
-		// while the expired 404 is served once more).
-		want.cacheStatus = []string{"EXPIRED", "HIT"}
+		// The "no such key" is kept for valid 404 (1s); once it has
+		// expired, the object is fetched again: a MISS when the expired
+		// negative was dropped already (they are kept in memory only,
+		// and dropped once expired), else, with the cold cache site's
+		// default use_stale updating, in the background while the
+		// expired 404 is served once more, then a HIT.
+		want.cacheStatus = []string{"MISS", "EXPIRED", "HIT"}
 		if !waitFor(5*time.Second, func() bool {
 			r = m.ask(mode, http.MethodGet, obj, nil)
 			return r.status != http.StatusNotFound

@@ -504,6 +504,50 @@ func TestStaleServedWhenS3Fails(t *testing.T) {
 	}
 }
 
+// TestFailureIsNotToldToLaterRequests holds a fill that failed open (a
+// client reads its stale copy slowly) while S3 comes back: a request
+// after the failure asks S3 again, instead of inheriting the failure and
+// the stale copy.
+func TestFailureIsNotToldToLaterRequests(t *testing.T) {
+	data := objectBytes(16 << 20) // more than the sockets buffer
+	var down atomic.Bool
+	o := &scriptedOrigin{respond: func(req originRequest) (*originResponse, error) {
+		if down.Load() {
+			return nil, &originError{status: 502, upstreamStatus: 500, op: "GetObject", reason: "S3 answered 500 InternalError"}
+		}
+		return answerFor(data, req, nil), nil
+	}}
+	h := newCachedHandler(t, o, t.TempDir(), func(h *Handler) {
+		h.Valid = map[string]caddy.Duration{"200": caddy.Duration(50 * time.Millisecond)}
+		h.UseStale = []string{"error", "http_500"}
+	})
+	srv := serve(t, h)
+	storeObject(t, h, srv.URL, "v/a.mp4")
+	time.Sleep(80 * time.Millisecond)
+
+	down.Store(true)
+	slow, err := http.Get(srv.URL + "/v/a.mp4")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Body.Close()
+	if got := slow.Header.Get("X-Cache-Status"); got != cacheStale {
+		t.Fatalf("S3 down: X-Cache-Status %q, want STALE", got)
+	}
+	down.Store(false)
+	before := o.calls.Load()
+	resp, body := get(t, srv.URL+"/v/a.mp4")
+	if got := resp.Header.Get("X-Cache-Status"); got == cacheStale || !bytes.Equal(body, data) {
+		t.Fatalf("S3 back, a slow reader of the stale copy still on: X-Cache-Status %q, %d bytes; want the object from S3 (REVALIDATED or EXPIRED)", got, len(body))
+	}
+	if o.calls.Load() == before {
+		t.Fatal("S3 back: the request after the failure did not ask S3")
+	}
+	if rest, err := io.ReadAll(slow.Body); err != nil || !bytes.Equal(rest, data) {
+		t.Fatalf("the slow reader's stale copy: %d bytes, %v", len(rest), err)
+	}
+}
+
 func TestUpdatingServesStaleWhileOneRefreshRuns(t *testing.T) {
 	data := objectBytes(10_000)
 	release := make(chan struct{})

@@ -196,6 +196,16 @@ func (s *store) joinFill(key string, rules *fillRules, plan fillPlan) (*fill, ui
 
 var errEntryAppeared = errors.New("an entry was stored meanwhile")
 
+// forgetFill unregisters f, unless another fill of its key has taken its
+// place: later requests for the key start a fill of their own.
+func (s *store) forgetFill(f *fill) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.fills[f.key] == f {
+		delete(s.fills, f.key)
+	}
+}
+
 // inFlight reports whether a fill for key is running.
 func (s *store) inFlight(key string) bool {
 	s.mu.Lock()
@@ -261,11 +271,7 @@ func (f *fill) end() {
 		s.sliceStored(f.key, f.gen, kept)
 	}
 	s.unreserve(freed)
-	s.mu.Lock()
-	if s.fills[f.key] == f {
-		delete(s.fills, f.key)
-	}
-	s.mu.Unlock()
+	s.forgetFill(f)
 	if f.gen != 0 {
 		s.unpin(f.key, f.gen)
 	}
@@ -332,9 +338,16 @@ func (f *fill) start(plan fillPlan) {
 	}
 }
 
-// settle publishes an outcome that serves no body from the entry.
+// settle publishes an outcome that serves no body from the entry. A
+// failure is told to the requests that joined while S3 was asked, and to
+// no later one: the fill leaves the registry first, so a request that
+// comes after the failure asks S3 afresh instead of inheriting an answer
+// about the past (a stale copy served seconds after S3 came back).
 func (f *fill) settle(outcome fillOutcome, err error) {
 	f.outcome, f.err = outcome, err
+	if outcome == fillFailed {
+		f.store.forgetFill(f)
+	}
 	close(f.ready)
 }
 
