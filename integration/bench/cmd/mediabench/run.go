@@ -39,7 +39,9 @@ type bench struct {
 	caddy            *process
 	caddyConf        string
 	caddyLog         string
-	addr             struct{ nginxHTTP, nginxTLS, caddyHTTP, caddyTLS, caddyAdmin, caddyFloor, caddyFloorTLS string }
+	// fills is how our Caddy's fills are configured.
+	fills fillSettings
+	addr  struct{ nginxHTTP, nginxTLS, caddyHTTP, caddyTLS, caddyAdmin, caddyFloor, caddyFloorTLS string }
 
 	// client trusts the bench's certificate and keeps connections alive.
 	client *http.Client
@@ -295,14 +297,19 @@ func (b *bench) startServers(ctx context.Context) error {
 		Bucket: bucket, Endpoint: b.caddyS3.URL(), Root: root,
 		CacheDir: filepath.Join(b.work, "caddy-cache"), Cert: certPath, Key: keyPath,
 		Floor: b.addr.caddyFloor, FloorTLS: b.addr.caddyFloorTLS, FloorBody: strings.Repeat("x", int(b.cat.hot50k.size)),
+		Options: b.cfg.caddyOptions,
 	}, b.caddyConf)
 	if err != nil {
 		return err
 	}
+	if b.fills, err = readFillSettings(ctx, b.cfg.caddyBin, b.caddyConf, b.cfg.caddyOptions); err != nil {
+		return err
+	}
+	b.report.Settings.Ours = b.fills
 	if b.caddy, err = startCaddy(ctx, b.cfg.caddyBin, b.caddyConf, b.caddyLog, b.addr.caddyHTTP, b.cfg.serverCPU); err != nil {
 		return err
 	}
-	fmt.Printf("caddy: http://%s and https://%s, admin (pprof) on %s\n", b.addr.caddyHTTP, b.addr.caddyTLS, b.addr.caddyAdmin)
+	fmt.Printf("caddy: http://%s and https://%s, admin (pprof) on %s; %s\n", b.addr.caddyHTTP, b.addr.caddyTLS, b.addr.caddyAdmin, b.fills)
 	return nil
 }
 

@@ -9,7 +9,9 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"embed"
+	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"math/big"
 	"net"
@@ -17,6 +19,8 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"text/template"
@@ -64,6 +68,8 @@ type caddyConfig struct {
 	// floor any handler in Caddy starts from.
 	Floor, FloorTLS string
 	FloorBody       string
+	// Options are extra lines of the s3_media_cache block (-caddy-option).
+	Options []string
 }
 
 func render(name string, data any, path string) error {
@@ -152,6 +158,107 @@ func checkCaddyHasModule(ctx context.Context, bin string) error {
 		return fmt.Errorf("%s does not include http.handlers.s3_media_cache; build it with scripts/build", bin)
 	}
 	return nil
+}
+
+// The defaults of s3_media_cache's options that the bounds on S3 bytes
+// depend on, as s3cache/handler.go sets them (a test holds them to it).
+const (
+	defaultSlice              = 1 << 20
+	defaultFillAhead          = 4 << 20
+	defaultFillParallel       = 4
+	defaultMaxConcurrentFills = 64
+)
+
+// fillSettings are what our Caddy's fills were configured with, defaults
+// filled in: the bounds on S3 bytes follow them.
+type fillSettings struct {
+	// Options are the -caddy-option lines.
+	Options    []string `json:"options,omitempty"`
+	SliceBytes int64    `json:"slice_bytes"`
+	AheadBytes int64    `json:"fill_ahead_bytes"`
+	Parallel   int      `json:"fill_parallel"`
+	// MaxFills is max_concurrent_fills, -1 for no bound.
+	MaxFills int `json:"max_concurrent_fills"`
+}
+
+func (f fillSettings) String() string {
+	limit := strconv.Itoa(f.MaxFills)
+	if f.MaxFills < 0 {
+		limit = "off"
+	}
+	return fmt.Sprintf("slice %s, fill_ahead %s, fill_parallel %d, max_concurrent_fills %s",
+		binarySize(f.SliceBytes), binarySize(f.AheadBytes), f.Parallel, limit)
+}
+
+// binarySize writes n in KiB or MiB, as the Caddyfile's sizes are.
+func binarySize(n int64) string {
+	if n >= 1<<20 && n%(1<<20) == 0 {
+		return fmt.Sprintf("%d MiB", n>>20)
+	}
+	return fmt.Sprintf("%g KiB", float64(n)/(1<<10))
+}
+
+// readFillSettings asks Caddy how it reads the Caddyfile at conf (caddy
+// adapt), and returns the fill settings of its s3_media_cache handlers,
+// which must all agree. A mistyped -caddy-option fails here, with Caddy's
+// own message.
+func readFillSettings(ctx context.Context, bin, conf string, options []string) (fillSettings, error) {
+	out, err := exec.CommandContext(ctx, bin, "adapt", "--config", conf, "--adapter", "caddyfile").Output()
+	if err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			err = fmt.Errorf("%w: %s", err, strings.TrimSpace(string(ee.Stderr)))
+		}
+		return fillSettings{}, fmt.Errorf("caddy adapt %s (check the -caddy-option lines %q): %w", conf, options, err)
+	}
+	var config any
+	if err := json.Unmarshal(out, &config); err != nil {
+		return fillSettings{}, fmt.Errorf("reading caddy adapt's JSON: %w", err)
+	}
+	var found []fillSettings
+	walkJSON(config, func(m map[string]any) {
+		if m["handler"] != "s3_media_cache" {
+			return
+		}
+		number := func(key string, def int64) int64 {
+			if v, ok := m[key].(float64); ok && v != 0 {
+				return int64(v)
+			}
+			return def
+		}
+		found = append(found, fillSettings{
+			Options:    options,
+			SliceBytes: number("slice", defaultSlice),
+			AheadBytes: number("fill_ahead", defaultFillAhead),
+			Parallel:   int(number("fill_parallel", defaultFillParallel)),
+			MaxFills:   int(number("max_concurrent_fills", defaultMaxConcurrentFills)),
+		})
+	})
+	if len(found) == 0 {
+		return fillSettings{}, fmt.Errorf("caddy adapt %s: no s3_media_cache handler in its JSON", conf)
+	}
+	for _, f := range found[1:] {
+		if !slices.Equal(f.Options, found[0].Options) || f.SliceBytes != found[0].SliceBytes || f.AheadBytes != found[0].AheadBytes ||
+			f.Parallel != found[0].Parallel || f.MaxFills != found[0].MaxFills {
+			return fillSettings{}, fmt.Errorf("caddy adapt %s: the s3_media_cache handlers disagree: %v and %v", conf, found[0], f)
+		}
+	}
+	return found[0], nil
+}
+
+// walkJSON calls f for every object in v, a decoded JSON document.
+func walkJSON(v any, f func(map[string]any)) {
+	switch v := v.(type) {
+	case map[string]any:
+		f(v)
+		for _, child := range v {
+			walkJSON(child, f)
+		}
+	case []any:
+		for _, child := range v {
+			walkJSON(child, f)
+		}
+	}
 }
 
 // writeCertificate makes a self-signed ECDSA P-256 certificate for
