@@ -2,17 +2,21 @@ package integration
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/s3mediacache/caddy-s3-media-cache/cli"
 	"github.com/s3mediacache/caddy-s3-media-cache/integration/s3test"
+	"github.com/s3mediacache/caddy-s3-media-cache/s3cache"
 )
 
 // purgeSecret stands for Mastodon's CACHE_BUSTER_SECRET.
@@ -206,4 +210,111 @@ func TestPurgeHeaderNeverReachesTheAccessLog(t *testing.T) {
 	}
 	recordInput(t, secretsArea, "purge header with a site access log", !t.Failed(),
 		fmt.Sprintf("%d wrong guesses and a purge: %d access log lines, %d warnings", guesses, bytes.Count(logged, []byte("\n")), warnings))
+}
+
+// TestPurgesTakePathsAsWrittenInURLs purges an object whose key has a
+// space and a non-ASCII letter in every way an admin may write its path:
+// percent-encoded as in a URL or an access log (the cache buster, and the
+// CLI), and decoded. Then it checks that the admin API's counters agree
+// with the metrics, as docs/operations.md says they do.
+func TestPurgesTakePathsAsWrittenInURLs(t *testing.T) {
+	t.Setenv("S3MC_TEST_PURGE_SECRET", purgeSecret)
+	dir := t.TempDir()
+	loadCache(t, dir, "purge_header Cache-Buster-Secret {env.S3MC_TEST_PURGE_SECRET}")
+	seeded := seedObjects(t, s3test.Object{Key: testKey(t, "a b é.png"), Body: s3test.RandomBytes(40<<10, 61), ContentType: "image/png"})
+	var obj s3test.Seeded
+	for _, o := range seeded {
+		obj = o
+	}
+	encoded := urlPath(obj.Key)
+	if !strings.Contains(encoded, "%20") || !strings.Contains(encoded, "%C3%A9") {
+		t.Fatalf("the test needs an encoded path, got %s", encoded)
+	}
+	decoded := "/" + obj.Key
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	admin := cli.AdminFlags{Address: fmt.Sprintf("localhost:%d", env.ports.admin)}
+
+	purges := []struct {
+		how   string
+		purge func() int
+	}{
+		{"the cache buster, on the URL's encoded path", func() int {
+			if r := do(t, http.MethodGet, encoded, "Cache-Buster-Secret: "+purgeSecret); r.status != http.StatusNoContent {
+				t.Fatalf("cache-buster purge: %d", r.status)
+			}
+			return 1
+		}},
+		{"caddy s3-media-cache purge --path with the encoded path", func() int {
+			n, err := cli.Purge(ctx, cli.PurgeFlags{AdminFlags: admin, Path: encoded}, io.Discard)
+			must(t, err)
+			return n
+		}},
+		{"caddy s3-media-cache purge --path with the decoded path", func() int {
+			n, err := cli.Purge(ctx, cli.PurgeFlags{AdminFlags: admin, Path: decoded}, io.Discard)
+			must(t, err)
+			return n
+		}},
+		{"the admin API with an encoded prefix", func() int {
+			n, err := cli.Purge(ctx, cli.PurgeFlags{AdminFlags: admin, Prefix: encoded[:strings.LastIndex(encoded, "/")+1]}, io.Discard)
+			must(t, err)
+			return n
+		}},
+	}
+	for _, p := range purges {
+		fillEntry(t, dir, obj)
+		if n := p.purge(); n != 1 {
+			t.Errorf("%s: %d purged, want 1", p.how, n)
+		}
+		if !waitFor(0, func() bool { return !exists(entryPathFor(dir, obj)) }) {
+			t.Errorf("%s: the entry is still on disk", p.how)
+		}
+	}
+	wantGet(t, obj, "MISS")
+
+	// The counters: 5 media requests (4 fills and the last MISS, each a
+	// MISS), 4 purges asked for, 4 entries removed.
+	status, body := adminDo(t, http.MethodGet, "/s3_media_cache/stats", "")
+	if status != 200 {
+		t.Fatalf("stats: %d %s", status, body)
+	}
+	var stats []s3cache.StoreStats
+	must(t, json.Unmarshal([]byte(body), &stats))
+	var st *s3cache.StoreStats
+	for i := range stats {
+		if stats[i].CacheDir == dir {
+			st = &stats[i]
+		}
+	}
+	if st == nil {
+		t.Fatalf("no stats for %s: %s", dir, body)
+	}
+	status, metrics := adminDo(t, http.MethodGet, "/metrics", "")
+	if status != 200 {
+		t.Fatalf("metrics: %d", status)
+	}
+	requestsTotal := metricSum(metrics, "caddy_s3_media_cache_requests_total{")
+	if st.Purges != 4 || st.PurgeRequests != 4 || st.Requests != int64(requestsTotal) || st.Requests < 5 {
+		t.Errorf("stats: purges %d (want 4), purge_requests %d (want 4), requests %d (want the sum of requests_total, %v, and at least 5)",
+			st.Purges, st.PurgeRequests, st.Requests, requestsTotal)
+	}
+	if got := metricSum(metrics, `caddy_s3_media_cache_purge_requests_total{result="removed"}`); got != 1 {
+		t.Errorf(`purge_requests_total{result="removed"} = %v, want 1 (the cache buster's one purge)`, got)
+	}
+}
+
+// metricSum adds up the values of the series of a Prometheus text page
+// whose line starts with prefix.
+func metricSum(page, prefix string) float64 {
+	var sum float64
+	for line := range strings.Lines(page) {
+		if !strings.HasPrefix(line, prefix) {
+			continue
+		}
+		fields := strings.Fields(line)
+		if v, err := strconv.ParseFloat(fields[len(fields)-1], 64); err == nil {
+			sum += v
+		}
+	}
+	return sum
 }

@@ -86,6 +86,7 @@ func (a *AdminAPI) handlePurge(w http.ResponseWriter, r *http.Request) error {
 		if !ok {
 			return true
 		}
+		s.purgeRequests.Add(1)
 		var n int
 		if req.Path != "" {
 			n, err = s.purgePath(req.Path)

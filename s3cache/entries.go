@@ -471,7 +471,9 @@ func (s *store) purge(key string) (removed bool) {
 		f.detach()
 		removed = true
 	}
-	s.stats.purges++
+	if ok || removed {
+		s.stats.purges++
+	}
 	s.mu.Unlock()
 	if ok {
 		s.removeFile(doomedOf(e))

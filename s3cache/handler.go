@@ -610,11 +610,33 @@ func (h *Handler) Cleanup() error {
 	return nil
 }
 
-// ServeHTTP answers a media request and accounts for it: metrics, and the
-// {http.s3_media_cache.status} placeholder for access logs.
+// ServeHTTP answers a media request, or a cache-buster purge, and accounts
+// for it: metrics, and the {http.s3_media_cache.status} placeholder for
+// access logs.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
 	purge := h.takePurgeSecret(r)
-	err := h.serve(w, r, purge)
+	var err error
+	if purge.present && h.isPurge(r, purge) {
+		err = h.servePurge(w, r) // counted as a purge, not a media request
+	} else {
+		err = h.serveMedia(w, r)
+	}
+	if purge.present && err != nil {
+		// Caddy logs a handler's error with the request's headers, as
+		// it cloned them before any handler ran: the error's status is
+		// written here instead.
+		var he caddyhttp.HandlerError
+		if errors.As(err, &he) {
+			w.WriteHeader(he.StatusCode)
+			err = nil
+		}
+	}
+	return err
+}
+
+// serveMedia answers a media request and counts it.
+func (h *Handler) serveMedia(w http.ResponseWriter, r *http.Request) error {
+	err := h.serve(w, r)
 	status := w.Header().Get("X-Cache-Status")
 	h.metrics.countRequest(status)
 	if h.store != nil {
@@ -628,16 +650,6 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	}
 	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
 		repl.Set("http.s3_media_cache.status", placeholderValue(status))
-	}
-	if purge.present && err != nil {
-		// Caddy logs a handler's error with the request's headers, as
-		// it cloned them before any handler ran: the error's status is
-		// written here instead.
-		var he caddyhttp.HandlerError
-		if errors.As(err, &he) {
-			w.WriteHeader(he.StatusCode)
-			err = nil
-		}
 	}
 	return err
 }
@@ -657,10 +669,7 @@ func placeholderValue(status string) any {
 
 // serve answers a media request. It reads top to bottom: purge, method
 // check, path check, local file, then the cache or S3.
-func (h *Handler) serve(w http.ResponseWriter, r *http.Request, purge purgeAttempt) error {
-	if purge.present && h.isPurge(r, purge) {
-		return h.servePurge(w, r)
-	}
+func (h *Handler) serve(w http.ResponseWriter, r *http.Request) error {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET, HEAD")
 		h.policy.decorate(w.Header(), http.StatusMethodNotAllowed, cacheBypass, time.Now())
@@ -752,10 +761,13 @@ func (h *Handler) servePurge(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return h.pathFailure(w, err)
 	}
+	removed := false
 	if h.store != nil {
-		removed := h.store.purge(ckey)
+		h.store.purgeRequests.Add(1)
+		removed = h.store.purge(ckey)
 		h.logger.Info("purged by cache buster", zap.String("key", key), zap.Bool("was_cached", removed))
 	}
+	h.metrics.countPurge(removed)
 	h.policy.decorate(w.Header(), http.StatusNoContent, cacheBypass, time.Now())
 	w.WriteHeader(http.StatusNoContent)
 	return nil

@@ -21,6 +21,7 @@ type metrics struct {
 	s3Duration    *prometheus.HistogramVec // time to S3's response headers, by operation
 	s3Bytes       prometheus.Counter       // body bytes received from S3
 	s3Busy        prometheus.Counter       // requests that found every S3 slot taken
+	purges        *prometheus.CounterVec   // cache-buster purge requests, by result
 
 	byStatus map[string]prometheus.Counter // requests, resolved per status once
 }
@@ -33,7 +34,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: metricsNamespace, Name: "requests_total",
-			Help: "Requests answered, by X-Cache-Status.",
+			Help: "Media requests answered, by X-Cache-Status (cache-buster purges are counted in purge_requests_total instead).",
 		}, []string{"cache_status"}),
 		responseBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: metricsNamespace, Name: "response_body_bytes_total",
@@ -56,6 +57,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Namespace: metricsNamespace, Name: "s3_slots_exhausted_total",
 			Help: "Requests that needed S3 but waited fill_queue_timeout without a free slot (max_concurrent_fills), and got a stale copy or a 503.",
 		}),
+		purges: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: metricsNamespace, Name: "purge_requests_total",
+			Help: "Cache-buster purge requests answered, by result: removed (the object was cached or being fetched) or not_cached.",
+		}, []string{"result"}),
 	}
 	var err error
 	if m.requests, err = register(reg, m.requests); err != nil {
@@ -74,6 +79,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		return nil, err
 	}
 	if m.s3Busy, err = register(reg, m.s3Busy); err != nil {
+		return nil, err
+	}
+	if m.purges, err = register(reg, m.purges); err != nil {
 		return nil, err
 	}
 	if _, err = register[prometheus.Collector](reg, storeCollector{}); err != nil {
@@ -106,6 +114,19 @@ func (m *metrics) countRequest(cacheStatus string) {
 	if c, ok := m.byStatus[cacheStatus]; ok {
 		c.Inc()
 	}
+}
+
+// countPurge records a cache-buster purge request, and whether it found
+// the object.
+func (m *metrics) countPurge(removed bool) {
+	if m == nil {
+		return
+	}
+	result := "not_cached"
+	if removed {
+		result = "removed"
+	}
+	m.purges.WithLabelValues(result).Inc()
 }
 
 func (m *metrics) countBytes(source string, n int64) {
@@ -189,7 +210,7 @@ var (
 	storeEvictionsDesc = prometheus.NewDesc(metricsNamespace+"_cache_evictions_total",
 		"Entries evicted for max_size, inactive or min_free.", []string{"cache_dir"}, nil)
 	storePurgesDesc = prometheus.NewDesc(metricsNamespace+"_cache_purges_total",
-		"Purge requests handled.", []string{"cache_dir"}, nil)
+		"Entries and fills removed by purges (cache buster or admin API); a purge that found nothing adds nothing.", []string{"cache_dir"}, nil)
 	storeCorruptDesc = prometheus.NewDesc(metricsNamespace+"_cache_corrupt_entries_total",
 		"Entry files removed because they failed their checks.", []string{"cache_dir"}, nil)
 	storeFillsDesc = prometheus.NewDesc(metricsNamespace+"_fills_in_flight",

@@ -6,10 +6,14 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 )
@@ -119,4 +123,92 @@ func TestPurgeSecretLeavesNoTrace(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestCountersSayWhatTheyName sends media requests of every kind and
+// purges that find something and nothing, and checks that the admin API's
+// figures agree with the metrics: requests is the sum of requests_total,
+// purges counts entries removed, purge_requests the purges asked for.
+func TestCountersSayWhatTheyName(t *testing.T) {
+	data := objectBytes(20_000)
+	o := servingOrigin(data)
+	root := t.TempDir()
+	if err := os.WriteFile(filepath.Join(root, "local.png"), []byte("local"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	h := newCachedHandler(t, o, t.TempDir(), func(h *Handler) {
+		withPurge(h)
+		m, err := newMetrics(reg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.metrics = m
+		if err := h.openRoot(root); err != nil {
+			t.Fatal(err)
+		}
+	})
+	srv := serve(t, h)
+	storeObject(t, h, srv.URL, "v/a.mp4") // MISS
+	storeObject(t, h, srv.URL, "v/b.mp4") // MISS
+	for _, c := range []struct {
+		path, want string
+		headers    []string
+	}{
+		{path: "/v/a.mp4", want: "HIT"},
+		{path: "/local.png", want: "BYPASS"},
+		// A wrong secret makes an ordinary request.
+		{path: "/v/a.mp4", want: "HIT", headers: []string{"X-Cache-Buster-Secret", "wrong"}},
+	} {
+		resp, _ := get(t, srv.URL+c.path, c.headers...)
+		if resp.Header.Get("X-Cache-Status") != c.want {
+			t.Fatalf("%s: X-Cache-Status %q, want %s", c.path, resp.Header.Get("X-Cache-Status"), c.want)
+		}
+	}
+	for _, path := range []string{"/v/a.mp4", "/v/never-cached.mp4"} {
+		if resp, _ := get(t, srv.URL+path, "X-Cache-Buster-Secret", "s3cret"); resp.StatusCode != http.StatusNoContent {
+			t.Fatalf("purge of %s: %d, want 204", path, resp.StatusCode)
+		}
+	}
+	// An admin purge of a prefix that holds one entry (b).
+	if n, err := h.store.purgeURLPrefix("/v/"); err != nil || n != 1 {
+		t.Fatalf("admin purge of /v/: %d removed, %v; want 1", n, err)
+	}
+	h.store.purgeRequests.Add(1) // as handlePurge counts it, per store
+
+	st := h.store.snapshot()
+	var sum float64
+	for _, status := range cacheStatuses {
+		sum += counterValue(t, h.metrics.requests.WithLabelValues(status))
+	}
+	checks := []struct {
+		name      string
+		got, want float64
+	}{
+		{"stats.requests", float64(st.Requests), 5}, // 2 MISS, 2 HIT, 1 BYPASS
+		{"sum of requests_total", sum, float64(st.Requests)},
+		{"stats.bypassed", float64(st.Bypassed), 1},
+		{`requests_total{cache_status="BYPASS"}`, counterValue(t, h.metrics.requests.WithLabelValues(cacheBypass)), float64(st.Bypassed)},
+		{"stats.hits", float64(st.Hits), 2},
+		{"stats.hit_ratio", st.HitRatio, 0.5},
+		{"stats.purges (entries removed)", float64(st.Purges), 2},
+		{"stats.purge_requests", float64(st.PurgeRequests), 3},
+		{`purge_requests_total{result="removed"}`, counterValue(t, h.metrics.purges.WithLabelValues("removed")), 1},
+		{`purge_requests_total{result="not_cached"}`, counterValue(t, h.metrics.purges.WithLabelValues("not_cached")), 1},
+	}
+	for _, c := range checks {
+		if c.got != c.want {
+			t.Errorf("%s = %v, want %v", c.name, c.got, c.want)
+		}
+	}
+}
+
+// counterValue reads a Prometheus counter.
+func counterValue(t *testing.T, c prometheus.Counter) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetCounter().GetValue()
 }

@@ -84,9 +84,12 @@ type store struct {
 	maxOpen int    // bound on open; 0 once the store is destructed
 	stats   storeStats
 
-	// Requests answered through this store, for the admin API's hit
-	// ratio; atomics, so the hit path does not take the lock for them.
-	hits, lookups, s3Errors atomic.Int64
+	// Requests answered by the handlers using this store, for the admin
+	// API: every media request (as requests_total counts them), those
+	// answered without the cache (local files, refused methods), hits,
+	// S3 failures, and cache-buster or admin purge requests. Atomics, so
+	// the hit path does not take the lock for them.
+	requests, bypassed, hits, s3Errors, purgeRequests atomic.Int64
 }
 
 // StoreStats is a snapshot of a store, as the admin API reports it.
@@ -102,13 +105,22 @@ type StoreStats struct {
 	ReservedBytes   int64   `json:"reserved_bytes"`
 	FillsInFlight   int     `json:"fills_in_flight"`
 	FillWaiters     int     `json:"fill_waiters"`
-	Requests        int64   `json:"requests"`
-	Hits            int64   `json:"hits"`
-	HitRatio        float64 `json:"hit_ratio"`
-	S3Errors        int64   `json:"s3_errors"`
-	Evictions       int64   `json:"evictions"`
-	Purges          int64   `json:"purges"`
-	CorruptRemoved  int64   `json:"corrupt_removed"`
+	// Requests are the media requests answered, as requests_total counts
+	// them (purge requests aside); Bypassed, those of them answered
+	// without the cache (local files, refused methods).
+	Requests int64 `json:"requests"`
+	Bypassed int64 `json:"bypassed"`
+	Hits     int64 `json:"hits"`
+	// HitRatio is Hits over the requests that went through the cache.
+	HitRatio float64 `json:"hit_ratio"`
+	S3Errors int64   `json:"s3_errors"`
+	// Evictions and Purges count entries removed (a purge of a prefix
+	// may remove many); PurgeRequests, the purges asked for, by the
+	// cache buster or the admin API, whether or not they found anything.
+	Evictions      int64 `json:"evictions"`
+	Purges         int64 `json:"purges"`
+	PurgeRequests  int64 `json:"purge_requests"`
+	CorruptRemoved int64 `json:"corrupt_removed"`
 }
 
 // snapshot reports the store's state.
@@ -132,22 +144,27 @@ func (s *store) snapshot() StoreStats {
 	for _, f := range fills {
 		st.FillWaiters += f.readerCount()
 	}
-	st.Requests, st.Hits, st.S3Errors = s.lookups.Load(), s.hits.Load(), s.s3Errors.Load()
-	if st.Requests > 0 {
-		st.HitRatio = float64(st.Hits) / float64(st.Requests)
+	st.Requests, st.Bypassed, st.Hits = s.requests.Load(), s.bypassed.Load(), s.hits.Load()
+	st.S3Errors, st.PurgeRequests = s.s3Errors.Load(), s.purgeRequests.Load()
+	if cached := st.Requests - st.Bypassed; cached > 0 {
+		st.HitRatio = float64(st.Hits) / float64(cached)
 	}
 	return st
 }
 
-// countRequest records the X-Cache-Status of a request that used the store.
+// countRequest records the X-Cache-Status of a media request answered by
+// a handler using the store, as metrics.countRequest does: a request
+// answered without one (a malformed path, say) is in neither.
 func (s *store) countRequest(cacheStatus string) {
 	switch cacheStatus {
-	case cacheBypass, "":
+	case "":
 		return
+	case cacheBypass:
+		s.bypassed.Add(1)
 	case cacheHit:
 		s.hits.Add(1)
 	}
-	s.lookups.Add(1)
+	s.requests.Add(1)
 }
 
 // storeStats are counters for the admin API and metrics.
