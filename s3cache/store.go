@@ -94,17 +94,17 @@ type store struct {
 
 // StoreStats is a snapshot of a store, as the admin API reports it.
 type StoreStats struct {
-	CacheDir        string  `json:"cache_dir"`
-	Loaded          bool    `json:"index_loaded"`
-	Entries         int     `json:"entries"`
-	PartialEntries  int     `json:"partial_entries"`
-	NegativeEntries int     `json:"negative_entries"`
-	MaxEntries      int     `json:"max_entries"`
-	Bytes           int64   `json:"bytes"`
-	MaxBytes        int64   `json:"max_bytes"`
-	ReservedBytes   int64   `json:"reserved_bytes"`
-	FillsInFlight   int     `json:"fills_in_flight"`
-	FillWaiters     int     `json:"fill_waiters"`
+	CacheDir        string `json:"cache_dir"`
+	Loaded          bool   `json:"index_loaded"`
+	Entries         int    `json:"entries"`
+	PartialEntries  int    `json:"partial_entries"`
+	NegativeEntries int    `json:"negative_entries"`
+	MaxEntries      int    `json:"max_entries"`
+	Bytes           int64  `json:"bytes"`
+	MaxBytes        int64  `json:"max_bytes"`
+	ReservedBytes   int64  `json:"reserved_bytes"`
+	FillsInFlight   int    `json:"fills_in_flight"`
+	FillWaiters     int    `json:"fill_waiters"`
 	// Requests are the media requests answered, as requests_total counts
 	// them (purge requests aside); Bypassed, those of them answered
 	// without the cache (local files, refused methods).
