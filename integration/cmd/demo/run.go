@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -16,9 +18,23 @@ const demoBucket = "mastodon-media"
 const localKey = "site_uploads/files/000/000/001/original/local-only.png"
 
 // run starts versitygw, seeds it, starts Caddy and waits for ctx to end,
-// then tears everything down in reverse order.
+// then tears everything down in reverse order. An interruption (SIGINT,
+// SIGTERM) is the way the demo is meant to end, so it is no error, even
+// in the middle of starting.
 func run(ctx context.Context, opts options) error {
+	err := start(ctx, opts)
+	if ctx.Err() != nil {
+		fmt.Println("\nstopped")
+		return nil
+	}
+	return err
+}
+
+func start(ctx context.Context, opts options) error {
 	if err := opts.check(); err != nil {
+		return err
+	}
+	if err := opts.checkPortsFree(); err != nil {
 		return err
 	}
 	if err := checkCaddyHasModule(ctx, opts.caddyBin); err != nil {
@@ -52,20 +68,39 @@ func run(ctx context.Context, opts options) error {
 		return err
 	}
 
+	secrets := caddySecrets{accessKey: gateway.AccessKey, secretKey: gateway.SecretKey, cacheBusterSecret: randomHex(16)}
+	headerFile := filepath.Join(workDir, "cache-buster.header")
+	if err := os.WriteFile(headerFile, []byte(purgeHeader+": "+secrets.cacheBusterSecret+"\n"), 0o600); err != nil {
+		return fmt.Errorf("writing %s: %w", headerFile, err)
+	}
+
+	site := siteConfig{
+		listen:   opts.listen,
+		admin:    opts.admin,
+		endpoint: gateway.Endpoint(),
+		root:     root,
+		cacheDir: filepath.Join(workDir, "cache"),
+		nonce:    randomHex(8),
+	}
 	caddyfilePath := filepath.Join(workDir, "Caddyfile")
-	caddyfile := demoCaddyfile(opts.listen, gateway.Endpoint(), root, filepath.Join(workDir, "cache"))
-	if err := os.WriteFile(caddyfilePath, []byte(caddyfile), 0o600); err != nil {
+	if err := os.WriteFile(caddyfilePath, []byte(demoCaddyfile(site)), 0o600); err != nil {
 		return fmt.Errorf("writing %s: %w", caddyfilePath, err)
 	}
 
 	fmt.Println("starting caddy…")
-	caddy, err := startCaddy(ctx, opts.caddyBin, caddyfilePath, filepath.Join(workDir, "caddy.log"), opts.listen, gateway)
+	caddy, err := startCaddy(ctx, opts.caddyBin, caddyfilePath, filepath.Join(workDir, "caddy.log"), site, secrets)
 	if err != nil {
 		return err
 	}
 	defer caddy.stop()
 
-	printTryList(os.Stdout, opts.listen, caddyfilePath, manifest)
+	printTryList(os.Stdout, tryListParams{
+		listen:                opts.listen,
+		admin:                 opts.admin,
+		caddyBin:              opts.caddyBin,
+		cacheBusterHeaderFile: headerFile,
+		manifest:              manifest,
+	}, caddyfilePath, gateway.Endpoint())
 
 	select {
 	case <-ctx.Done():
@@ -85,4 +120,12 @@ func writeLocalFile(root, key string, body []byte) error {
 		return fmt.Errorf("writing %s: %w", p, err)
 	}
 	return nil
+}
+
+// randomHex returns n random bytes, hex-encoded: the cache-buster secret
+// and the readiness nonce are new for every run.
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b) // crypto/rand.Read never fails on Linux
+	return hex.EncodeToString(b)
 }
