@@ -154,8 +154,15 @@ media_attachments/files/109/…/original/a.png is stored under that key,
 which is the URL path Mastodon writes once S3 is enabled.
 
 An object counts as the same as the file when it has the same size and
-either its ETag is the file's MD5 or its x-amz-meta-sha256 metadata, which
-sync writes, is the file's SHA-256.
+either its ETag is the file's MD5, or its x-amz-meta-sha256 metadata, which
+sync writes, is the file's SHA-256, or its ETag is that of a multipart
+upload of the file ("<md5 of the parts' MD5s>-N", as 'aws s3 sync' makes
+for files over 8 MiB). The file is hashed in the same read with every part
+size that gives N parts among those aws, rclone and s3cmd use (5, 8, 15,
+16, 32, 64, 100 MiB and more, or the size over N in whole MiB). When none
+reproduces the ETag, the size of part 1 is asked of the bucket (a HEAD
+with partNumber=1) and tried; only when that fails too is the object read
+back and compared byte by byte, which the summary counts as S3 egress.
 
 The keys are read from the environment variables named by
 --access-key-env and --secret-key-env (S3_ACCESS_KEY and S3_SECRET_KEY by
@@ -184,8 +191,11 @@ Mastodon guide's 'aws s3 sync --acl public-read' does, with care:
   - symlinks and special files are skipped with a note; paths that cannot
     be keys (control characters, backslashes) are reported as failures.
 
-Progress (bytes, rate, ETA) is redrawn in place on a terminal, printed as
-a line every 10 seconds otherwise. The exit status is 0 when every file is
+Progress (bytes, rate, ETA) counts the bytes of the files in hand as they
+are read and uploaded. On a terminal it is one line redrawn in place,
+shortened to the window's width (the byte counts and the rate go first,
+the percentage and failures last); otherwise it is printed in full as a
+line every 10 seconds. The exit status is 0 when every file is
 in the bucket, 1 if any failed (run sync again to retry them), 2 for wrong
 flags.
 ` + bucketHelp,

@@ -10,23 +10,57 @@ import (
 	"strings"
 )
 
-// checksums of a local file, both computed in one read: MD5 because it
+// checksums of a local file, all computed in one read: MD5 because it
 // is what a single-part upload's ETag is (and S3 checks Content-MD5 on
 // upload), SHA-256 because it is what sync stores in x-amz-meta-sha256
-// for the objects whose ETag is not an MD5.
+// for the objects whose ETag is not an MD5, and the multipart ETags the
+// file has when cut at the part sizes the object may have been uploaded
+// with.
 type checksums struct {
-	md5    [md5.Size]byte
-	sha256 [sha256.Size]byte
+	md5       [md5.Size]byte
+	sha256    [sha256.Size]byte
+	multipart []compositeETag
 }
 
-// sum reads r to the end and returns its checksums and length.
-func sum(r io.Reader) (checksums, int64, error) {
+// sum reads r to the end and returns its checksums and length, with the
+// multipart ETag for each of partSizes.
+func sum(r io.Reader, partSizes ...int64) (checksums, int64, error) {
 	m, s := md5.New(), sha256.New()
-	n, err := io.Copy(io.MultiWriter(m, s), r)
+	writers := []io.Writer{m, s}
+	hashers := make([]*partHasher, len(partSizes))
+	for i, size := range partSizes {
+		hashers[i] = newPartHasher(size)
+		writers = append(writers, hashers[i])
+	}
+	n, err := io.Copy(io.MultiWriter(writers...), r)
 	var c checksums
 	m.Sum(c.md5[:0])
 	s.Sum(c.sha256[:0])
+	for _, h := range hashers {
+		c.multipart = append(c.multipart, compositeETag{partSize: h.partSize, etag: h.etag()})
+	}
 	return c, n, err
+}
+
+// matchesMultipart reports whether one of the file's multipart ETags is
+// etag.
+func (c checksums) matchesMultipart(etag string) bool {
+	for _, m := range c.multipart {
+		if strings.EqualFold(m.etag, etag) {
+			return true
+		}
+	}
+	return false
+}
+
+// triedPartSize reports whether the file was hashed in parts of size.
+func (c checksums) triedPartSize(size int64) bool {
+	for _, m := range c.multipart {
+		if m.partSize == size {
+			return true
+		}
+	}
+	return false
 }
 
 func (c checksums) md5Hex() string    { return hex.EncodeToString(c.md5[:]) }
@@ -55,9 +89,14 @@ const (
 	missing
 	sizeDiffers
 	checksumDiffers
-	// checksumUnknown: same size, but the ETag is not an MD5 (a multipart
-	// upload's "…-N") and there is no x-amz-meta-sha256 to compare.
+	// checksumUnknown: same size, but the ETag is not an MD5, no part
+	// size tried reproduces it, and there is no x-amz-meta-sha256 to
+	// compare. Only the bucket can settle it (see settle); it is never
+	// reported.
 	checksumUnknown
+	// bytesDiffer: the object, read back from the bucket, has other
+	// bytes than the file.
+	bytesDiffer
 )
 
 // quickVerdict decides what the size alone can: a missing object or one
@@ -76,10 +115,15 @@ func quickVerdict(size int64, obj remoteObject) (verdict, bool) {
 // compare is the skip rule of sync and the check of verify: the object
 // is the same as the file when it has the same size and either its ETag
 // is a plain MD5 equal to the file's, or its x-amz-meta-sha256 equals the
-// file's SHA-256. Either match is enough: a plain ETag is not always an
-// MD5 (AWS's SSE-KMS and SSE-C make it something else), and the
-// metadata, which S3 replaces on every PUT, was written by a sync that
-// S3 checked against Content-MD5.
+// file's SHA-256, or its ETag is a multipart one that the file, cut at
+// one of the part sizes tried, reproduces. Any match is enough: a plain
+// ETag is not always an MD5 (AWS's SSE-KMS and SSE-C make it something
+// else), and the metadata, which S3 replaces on every PUT, was written by
+// a sync that S3 checked against Content-MD5.
+//
+// A multipart ETag no part size tried reproduces proves nothing (the
+// object may have been cut at another size), so without metadata to
+// decide, the verdict is checksumUnknown, for settle.
 func compare(size int64, local checksums, obj remoteObject) verdict {
 	if v, decided := quickVerdict(size, obj); decided {
 		return v
@@ -89,6 +133,8 @@ func compare(size int64, local checksums, obj remoteObject) verdict {
 	case md5ETag && strings.EqualFold(obj.etag, local.md5Hex()):
 		return same
 	case obj.sha256 != "" && strings.EqualFold(obj.sha256, local.sha256Hex()):
+		return same
+	case local.matchesMultipart(obj.etag):
 		return same
 	case md5ETag || obj.sha256 != "":
 		return checksumDiffers
@@ -118,6 +164,8 @@ func describe(v verdict, size int64, obj remoteObject) string {
 		return "same size, different checksum"
 	case checksumUnknown:
 		return fmt.Sprintf("same size, but ETag %q is not an MD5 and there is no x-amz-meta-sha256 to compare", obj.etag)
+	case bytesDiffer:
+		return "same size, different bytes (read back from the bucket)"
 	}
 	return "same"
 }

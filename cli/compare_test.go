@@ -10,7 +10,7 @@ import (
 )
 
 func sumsOf(body string) checksums {
-	c, _, _ := sum(strings.NewReader(body))
+	c, _, _ := sum(strings.NewReader(body), partSizeCandidates(int64(len(body)), 1)...)
 	return c
 }
 
@@ -47,6 +47,7 @@ func TestCompareSkipRule(t *testing.T) {
 		{"multipart ETag, sha256 different", remoteObject{exists: true, size: size, etag: "0123456789abcdef0123456789abcdef-2", sha256: other.sha256Hex()}, checksumDiffers},
 		{"multipart ETag, no sha256", remoteObject{exists: true, size: size, etag: "0123456789abcdef0123456789abcdef-2"}, checksumUnknown},
 		// SSE-KMS: 32 hex digits that are not the MD5; the metadata decides.
+		{"one-part multipart ETag of the file", remoteObject{exists: true, size: size, etag: s3MultipartETag([]byte(body), len(body))}, same},
 		{"non-MD5 plain ETag, sha256 equal", remoteObject{exists: true, size: size, etag: other.md5Hex(), sha256: local.sha256Hex()}, same},
 		{"empty ETag, no sha256", remoteObject{exists: true, size: size}, checksumUnknown},
 	} {

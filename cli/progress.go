@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -40,8 +41,14 @@ type Summary struct {
 	// and paths that cannot be keys.
 	Failed int64
 	// Ignored counts symlinks and special files, which are not copied.
-	Ignored  int64
-	Duration time.Duration
+	Ignored int64
+	// ReadBack counts the objects read back from the bucket to be
+	// compared with their file, ReadBackBytes the bytes read: multipart
+	// uploads whose part size could not be found, and objects with
+	// neither an MD5 ETag nor x-amz-meta-sha256. This is S3 egress.
+	ReadBack      int64
+	ReadBackBytes int64
+	Duration      time.Duration
 }
 
 // countDiffering counts a file that is not the same as its object.
@@ -62,8 +69,11 @@ type progress struct {
 	mode     mode
 	terminal bool
 	// width is the terminal's, in columns: a longer line would wrap, and
-	// the carriage return would then redraw only its last row.
+	// the carriage return would then redraw only its last row. It is
+	// measured again before each redraw when tty is set, so a resized
+	// window is followed.
 	width   int
+	tty     *os.File
 	every   time.Duration
 	start   time.Time
 	stop    chan struct{}
@@ -75,9 +85,12 @@ type progress struct {
 	totalFiles, totalBytes int64
 	counted                bool
 	// doneBytes is the size of the files handled, whatever the outcome,
-	// for the rate and the ETA.
-	doneBytes int64
-	sum       Summary
+	// and movingBytes the part of the files in hand already read or
+	// uploaded (see movingFile), for the percentage, the rate and the
+	// ETA.
+	doneBytes   int64
+	movingBytes int64
+	sum         Summary
 	// drawn is true while a progress line is on the terminal without its
 	// newline.
 	drawn bool
@@ -101,6 +114,7 @@ func newProgress(out io.Writer, m mode) *progress {
 	p := &progress{out: out, mode: m, every: plainLineEvery, start: time.Now()}
 	if p.width, p.terminal = terminalWidth(out); p.terminal {
 		p.every = terminalRedraw
+		p.tty = out.(*os.File)
 	}
 	return p
 }
@@ -140,16 +154,18 @@ func (p *progress) finish() Summary {
 func (p *progress) show() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	line := p.lineLocked(time.Since(p.start))
-	if p.terminal {
-		if len(line) >= p.width {
-			line = line[:p.width-1]
-		}
-		fmt.Fprintf(p.out, "\r%s\x1b[K", line)
-		p.drawn = true
-	} else {
-		fmt.Fprintln(p.out, line)
+	elapsed := time.Since(p.start)
+	if !p.terminal {
+		fmt.Fprintln(p.out, p.lineLocked(elapsed))
+		return
 	}
+	if p.tty != nil {
+		if width, ok := terminalWidth(p.tty); ok {
+			p.width = width
+		}
+	}
+	fmt.Fprintf(p.out, "\r%s\x1b[K", fit(p.partsLocked(elapsed), p.width))
+	p.drawn = true
 }
 
 // clearLine erases the progress line so the next output starts on a
@@ -169,32 +185,139 @@ func (p *progress) note(format string, args ...any) {
 	fmt.Fprintf(p.out, format+"\n", args...)
 }
 
-// lineLocked is the progress line: bytes, rate, ETA, then the counts.
+// lineLocked is the whole progress line: bytes, rate, ETA, then the
+// counts.
 //
 //	42% 1.3 MiB/3.1 MiB, 2.1 MiB/s, ETA 1s; 1290/3002 files: 1200 uploaded, 90 skipped, 0 failed
 func (p *progress) lineLocked(elapsed time.Duration) string {
-	var b strings.Builder
-	rate := float64(p.doneBytes) / max(elapsed.Seconds(), 1e-3)
+	return fit(p.partsLocked(elapsed), 0)
+}
+
+// lineGroup is where a linePart sits on the line, which decides the
+// punctuation before it.
+type lineGroup int
+
+const (
+	groupBytes  lineGroup = iota // percentage, bytes, rate, ETA
+	groupFiles                   // files handled of all files
+	groupCounts                  // what became of them
+)
+
+// linePart is one piece of the progress line. rank orders the pieces by
+// importance, 0 the most important: on a narrow terminal the line drops
+// the least important first.
+type linePart struct {
+	text  string
+	group lineGroup
+	// sep goes before the part when the part before it on the line is
+	// of the same group.
+	sep  string
+	rank int
+}
+
+// partsLocked are the pieces of the progress line, in the order shown.
+// Failures and the ETA outrank the byte counts and the rate, which a
+// narrow window can do without.
+func (p *progress) partsLocked(elapsed time.Duration) []linePart {
+	done := p.doneBytes + p.movingBytes
+	rate := float64(done) / max(elapsed.Seconds(), 1e-3)
+	var parts []linePart
 	if p.counted {
 		percent := 100.0
 		if p.totalBytes > 0 {
-			percent = min(100, 100*float64(p.doneBytes)/float64(p.totalBytes))
+			percent = min(100, 100*float64(done)/float64(p.totalBytes))
 		}
-		fmt.Fprintf(&b, "%3.0f%% %s/%s, %s/s, ETA %s; %d/%d files",
-			percent, formatBytes(p.doneBytes), formatBytes(p.totalBytes), formatBytes(int64(rate)),
-			eta(p.totalBytes-p.doneBytes, rate), p.handledLocked(), p.totalFiles)
+		parts = append(parts,
+			linePart{text: fmt.Sprintf("%3.0f%%", percent), rank: 0},
+			linePart{text: formatBytes(done) + "/" + formatBytes(p.totalBytes), sep: " ", rank: 7},
+			linePart{text: formatBytes(int64(rate)) + "/s", sep: ", ", rank: 6},
+			linePart{text: "ETA " + eta(p.totalBytes-done, rate), sep: ", ", rank: 2},
+			linePart{text: fmt.Sprintf("%d/%d files", p.handledLocked(), p.totalFiles), group: groupFiles, rank: 4})
 	} else {
-		fmt.Fprintf(&b, "%s/%s+, %s/s, ETA ? (still counting); %d/%d+ files",
-			formatBytes(p.doneBytes), formatBytes(p.totalBytes), formatBytes(int64(rate)), p.handledLocked(), p.totalFiles)
+		parts = append(parts,
+			linePart{text: formatBytes(done) + "/" + formatBytes(p.totalBytes) + "+", rank: 0},
+			linePart{text: formatBytes(int64(rate)) + "/s", sep: ", ", rank: 6},
+			linePart{text: "ETA ? (still counting)", sep: ", ", rank: 2},
+			linePart{text: fmt.Sprintf("%d/%d+ files", p.handledLocked(), p.totalFiles), group: groupFiles, rank: 4})
+	}
+	count := func(format string, n int64, rank int) {
+		parts = append(parts, linePart{text: fmt.Sprintf(format, n), group: groupCounts, sep: ", ", rank: rank})
 	}
 	s := p.sum
 	switch p.mode {
 	case modeSync:
-		fmt.Fprintf(&b, ": %d uploaded, %d skipped, %d failed", s.Uploaded, s.Same, s.Failed)
+		count("%d uploaded", s.Uploaded, 3)
+		count("%d skipped", s.Same, 5)
 	case modeDryRun:
-		fmt.Fprintf(&b, ": %d to upload, %d skipped, %d failed", s.Missing+s.Different, s.Same, s.Failed)
+		count("%d to upload", s.Missing+s.Different, 3)
+		count("%d skipped", s.Same, 5)
 	case modeVerify:
-		fmt.Fprintf(&b, ": %d missing, %d different, %d failed", s.Missing, s.Different, s.Failed)
+		count("%d missing", s.Missing, 3)
+		count("%d different", s.Different, 3)
+	}
+	count("%d failed", s.Failed, 1)
+	return parts
+}
+
+// fit joins the parts into a line shorter than width columns (so that it
+// never reaches the last column, where a terminal may wrap), dropping the
+// least important parts first, and of equal rank the rightmost; the most
+// important part alone is cut if it must be. Width 0 means no limit.
+func fit(parts []linePart, width int) string {
+	keep := make([]bool, len(parts))
+	for i := range keep {
+		keep[i] = true
+	}
+	line := joinParts(parts, keep)
+	if width <= 0 {
+		return line
+	}
+	order := make([]int, len(parts))
+	for i := range order {
+		order[i] = i
+	}
+	// Least important first; of equal rank, rightmost first.
+	slices.SortStableFunc(order, func(a, b int) int {
+		if parts[a].rank != parts[b].rank {
+			return parts[b].rank - parts[a].rank
+		}
+		return b - a
+	})
+	for _, i := range order[:len(order)-1] {
+		if len(line) < width {
+			break
+		}
+		keep[i] = false
+		line = joinParts(parts, keep)
+	}
+	if len(line) >= width {
+		line = line[:max(width-1, 0)]
+	}
+	return line
+}
+
+// joinParts writes the kept parts with their punctuation: a part's own
+// separator after one of its group, ": " from the files to their counts,
+// "; " between other groups.
+func joinParts(parts []linePart, keep []bool) string {
+	var b strings.Builder
+	prev := -1
+	for i, part := range parts {
+		if !keep[i] {
+			continue
+		}
+		if prev >= 0 {
+			switch from := parts[prev].group; {
+			case from == part.group:
+				b.WriteString(part.sep)
+			case from == groupFiles && part.group == groupCounts:
+				b.WriteString(": ")
+			default:
+				b.WriteString("; ")
+			}
+		}
+		b.WriteString(part.text)
+		prev = i
 	}
 	return b.String()
 }
@@ -237,6 +360,90 @@ func (p *progress) count(size int64, apply func(*Summary)) {
 	p.doneBytes += size
 	apply(&p.sum)
 	p.mu.Unlock()
+}
+
+// readBack counts an object read back from the bucket, and its bytes.
+func (p *progress) readBack(bytes int64) {
+	p.mu.Lock()
+	p.sum.ReadBack++
+	p.sum.ReadBackBytes += bytes
+	p.mu.Unlock()
+}
+
+// movingFile credits the progress line with a file's bytes while it is
+// in hand, as they are read to be compared and read again to be
+// uploaded, so that a large file moves the percentage as it goes rather
+// than all at once at its end.
+type movingFile struct {
+	p    *progress
+	size int64
+	// passes is how many times the bytes are expected to go through: 1
+	// to be compared, 2 when an upload is known to follow (the object is
+	// missing or of another size). A file of the same size found
+	// different is uploaded with its credit already full: its upload
+	// does not move the line.
+	passes int64
+	// moved is the bytes read over all passes, credited the part of
+	// size the line shows. Both are guarded by p.mu.
+	moved, credited int64
+}
+
+// startFile begins crediting a file of size bytes.
+func (p *progress) startFile(size int64, passes int) *movingFile {
+	return &movingFile{p: p, size: size, passes: int64(max(passes, 1))}
+}
+
+// add credits n more bytes read.
+func (m *movingFile) add(n int64) {
+	m.p.mu.Lock()
+	defer m.p.mu.Unlock()
+	m.moved += n
+	credit := min(m.size, m.moved/m.passes)
+	m.p.movingBytes += credit - m.credited
+	m.credited = credit
+}
+
+// finish applies the file's outcome, as count does, trading its partial
+// credit for its whole size in the same step so the line never counts
+// it twice.
+func (m *movingFile) finish(apply func(*Summary)) {
+	m.p.mu.Lock()
+	defer m.p.mu.Unlock()
+	m.p.movingBytes -= m.credited
+	m.credited = 0
+	m.p.doneBytes += m.size
+	apply(&m.p.sum)
+}
+
+// reader returns r crediting its bytes to the file. Seeking back (the
+// SDK rewinds a body to sign or retry it) does not credit the same
+// bytes twice.
+func (m *movingFile) reader(r io.ReadSeeker) io.ReadSeeker {
+	return &creditingReader{r: r, file: m}
+}
+
+type creditingReader struct {
+	r             io.ReadSeeker
+	file          *movingFile
+	pos, furthest int64
+}
+
+func (c *creditingReader) Read(b []byte) (int, error) {
+	n, err := c.r.Read(b)
+	c.pos += int64(n)
+	if c.pos > c.furthest {
+		c.file.add(c.pos - c.furthest)
+		c.furthest = c.pos
+	}
+	return n, err
+}
+
+func (c *creditingReader) Seek(offset int64, whence int) (int64, error) {
+	pos, err := c.r.Seek(offset, whence)
+	if err == nil {
+		c.pos = pos
+	}
+	return pos, err
 }
 
 // ignored counts a file that is not copied at all, and says why.

@@ -87,6 +87,9 @@ type file struct {
 	path string
 	key  string
 	size int64
+	// moving credits the progress line with its bytes while a worker
+	// reads them; nil until then.
+	moving *movingFile
 }
 
 // treeRun is one run of sync or verify.
@@ -196,7 +199,7 @@ func (r *treeRun) walk(ctx context.Context, root string, files chan<- file) erro
 				return err
 			}
 			r.progress.foundFile()
-			r.fail(path, 0, fmt.Errorf("reading: %w", err))
+			r.fail(file{path: path}, fmt.Errorf("reading: %w", err))
 			return nil
 		}
 		if d.IsDir() {
@@ -209,7 +212,7 @@ func (r *treeRun) walk(ctx context.Context, root string, files chan<- file) erro
 		info, err := d.Info()
 		if err != nil {
 			r.progress.foundFile()
-			r.fail(path, 0, err)
+			r.fail(file{path: path}, err)
 			return nil
 		}
 		rel, err := filepath.Rel(root, path)
@@ -219,7 +222,7 @@ func (r *treeRun) walk(ctx context.Context, root string, files chan<- file) erro
 		r.progress.foundFile()
 		key := objectKey(r.flags.Prefix, rel)
 		if err := checkKey(key); err != nil {
-			r.fail(path, info.Size(), fmt.Errorf("cannot be an object key: it %w", err))
+			r.fail(file{path: path, size: info.Size()}, fmt.Errorf("cannot be an object key: it %w", err))
 			return nil
 		}
 		select {
@@ -294,35 +297,46 @@ func (r *treeRun) handle(ctx context.Context, fl file) {
 		r.report(fl, v, obj)
 		return
 	}
+	passes := 1
+	if decided {
+		passes = 2 // read to be summed, then to be uploaded
+	}
+	fl.moving = r.progress.startFile(fl.size, passes)
 	// Both the comparison and the upload need the file's checksums,
 	// and the upload needs them before the body (Content-MD5 and the
 	// metadata are headers).
 	f, err := os.Open(fl.path)
 	if err != nil {
-		r.fail(fl.path, fl.size, err)
+		r.fail(fl, err)
 		return
 	}
 	defer f.Close()
 	info, err := f.Stat()
 	if err != nil {
-		r.fail(fl.path, fl.size, err)
+		r.fail(fl, err)
 		return
 	}
 	if !info.Mode().IsRegular() {
-		r.fail(fl.path, fl.size, errors.New("is no longer a regular file"))
+		r.fail(fl, errors.New("is no longer a regular file"))
 		return
 	}
 	size := info.Size()
-	sums, n, err := sum(io.NewSectionReader(f, 0, size))
+	sums, n, err := sum(fl.moving.reader(io.NewSectionReader(f, 0, size)), candidatesFor(size, obj.etag)...)
 	if err == nil && n != size {
 		err = fmt.Errorf("read %d bytes of %d: the file shrank while being read", n, size)
 	}
 	if err != nil {
-		r.fail(fl.path, fl.size, fmt.Errorf("reading: %w", err))
+		r.fail(fl, fmt.Errorf("reading: %w", err))
 		return
 	}
-	if v = compare(size, sums, obj); v == same {
-		r.progress.count(fl.size, func(s *Summary) { s.Same++ })
+	if v = compare(size, sums, obj); v == checksumUnknown {
+		if v, err = r.settle(ctx, fl, f, size, obj, sums); err != nil {
+			r.failS3(ctx, fl, &r.heads, "comparing", err)
+			return
+		}
+	}
+	if v == same {
+		r.count(fl, func(s *Summary) { s.Same++ })
 		return
 	}
 	if r.mode != modeSync {
@@ -332,10 +346,20 @@ func (r *treeRun) handle(ctx context.Context, fl file) {
 	r.upload(ctx, fl, f, size, sums, v)
 }
 
+// count applies a file's outcome to the summary, trading the credit of
+// its bytes in hand (if any) for its whole size.
+func (r *treeRun) count(fl file, apply func(*Summary)) {
+	if fl.moving != nil {
+		fl.moving.finish(apply)
+		return
+	}
+	r.progress.count(fl.size, apply)
+}
+
 // report counts and prints a file that differs from its object, for
 // --dry-run and verify.
 func (r *treeRun) report(fl file, v verdict, obj remoteObject) {
-	r.progress.count(fl.size, func(s *Summary) { s.countDiffering(v) })
+	r.count(fl, func(s *Summary) { s.countDiffering(v) })
 	switch {
 	case r.mode == modeDryRun:
 		r.progress.note("would upload %s (%s)", fl.key, describe(v, fl.size, obj))
@@ -351,13 +375,13 @@ func (r *treeRun) report(fl file, v verdict, obj remoteObject) {
 // the metadata for the next run's comparison.
 func (r *treeRun) upload(ctx context.Context, fl file, f *os.File, size int64, sums checksums, v verdict) {
 	if size > maxPutBytes {
-		r.fail(fl.path, fl.size, fmt.Errorf("%s is over S3's %s limit for one upload", formatBytes(size), formatBytes(maxPutBytes)))
+		r.fail(fl, fmt.Errorf("%s is over S3's %s limit for one upload", formatBytes(size), formatBytes(maxPutBytes)))
 		return
 	}
 	input := &s3.PutObjectInput{
 		Bucket:        aws.String(r.flags.Bucket),
 		Key:           aws.String(fl.key),
-		Body:          io.NewSectionReader(f, 0, size),
+		Body:          fl.moving.reader(io.NewSectionReader(f, 0, size)),
 		ContentLength: aws.Int64(size),
 		ContentMD5:    aws.String(sums.md5Base64()),
 		ContentType:   aws.String(contentType(fl.path)),
@@ -372,7 +396,7 @@ func (r *treeRun) upload(ctx context.Context, fl file, f *os.File, size int64, s
 		return
 	}
 	r.puts.succeeded.Store(true)
-	r.progress.count(fl.size, func(s *Summary) {
+	r.count(fl, func(s *Summary) {
 		s.countDiffering(v)
 		s.Uploaded++
 		s.UploadedBytes += size
@@ -380,9 +404,9 @@ func (r *treeRun) upload(ctx context.Context, fl file, f *os.File, size int64, s
 }
 
 // fail counts a file that failed and says why.
-func (r *treeRun) fail(path string, size int64, err error) {
-	r.progress.count(size, func(s *Summary) { s.Failed++ })
-	r.progress.note("failed: %s: %v", printable(path), err)
+func (r *treeRun) fail(fl file, err error) {
+	r.count(fl, func(s *Summary) { s.Failed++ })
+	r.progress.note("failed: %s: %v", printable(fl.path), err)
 }
 
 // firstFailures counts the failures of one kind of S3 request, and
@@ -399,7 +423,7 @@ func (r *treeRun) failS3(ctx context.Context, fl file, kind *firstFailures, doin
 	if ctx.Err() != nil {
 		return
 	}
-	r.fail(fl.path, fl.size, fmt.Errorf("%s s3://%s/%s: %w", doing, r.flags.Bucket, fl.key, err))
+	r.fail(fl, fmt.Errorf("%s s3://%s/%s: %w", doing, r.flags.Bucket, fl.key, err))
 	if kind.failed.Add(1) >= giveUpAfter && !kind.succeeded.Load() {
 		r.giveUp(fmt.Errorf("%w: %s the first %d files all failed; check the endpoint, the region, the keys and their rights (and --acl, which providers such as R2 refuse); the last error: %w",
 			errGaveUp, doing, giveUpAfter, err))
@@ -424,6 +448,9 @@ func (r *treeRun) printSummary(out io.Writer, s Summary) {
 	fmt.Fprintf(out, "failed    %d\n", s.Failed)
 	if s.Ignored > 0 {
 		fmt.Fprintf(out, "ignored   %d symlinks and special files\n", s.Ignored)
+	}
+	if s.ReadBack > 0 {
+		fmt.Fprintf(out, "read back %d objects, %s of S3 egress: no checksum could compare them\n", s.ReadBack, formatBytes(s.ReadBackBytes))
 	}
 	fmt.Fprintf(out, "took      %s for %d files\n", s.Duration.Round(time.Millisecond), s.Files)
 }
