@@ -161,15 +161,26 @@ func launchDemo(t *testing.T, listen, admin string) *demoRun {
 		d.exitErr = d.cmd.Wait()
 		close(d.exited)
 	}()
-	t.Cleanup(func() {
-		select {
-		case <-d.exited:
-		default:
-			_ = d.cmd.Process.Kill()
-			<-d.exited
-		}
-	})
+	t.Cleanup(d.stop)
 	return d
+}
+
+// stop ends a demo still running the way a user does, with SIGINT, so
+// that it removes its directory; SIGKILL only if it hangs, and then its
+// children die with it (Pdeathsig).
+func (d *demoRun) stop() {
+	select {
+	case <-d.exited:
+		return
+	default:
+	}
+	_ = d.cmd.Process.Signal(syscall.SIGINT)
+	select {
+	case <-d.exited:
+	case <-time.After(demoExitTimeout):
+		_ = d.cmd.Process.Kill()
+		<-d.exited
+	}
 }
 
 // startDemo launches the demo on free loopback ports and waits for its
