@@ -246,7 +246,7 @@ func getConcurrently(obj s3test.Seeded, n int) []streamed {
 
 // fillAhead is the default fill_ahead: the read-ahead a reader may earn,
 // and the size up to which an object is fetched whole once started.
-const fillAhead = 4 << 20
+const fillAhead = 8 << 20
 
 // waitS3Quiet waits until S3 has had no request in progress for quiet,
 // bounded at 30s.

@@ -63,13 +63,13 @@ func TestHostileDayKeepsEveryBound(t *testing.T) {
 	if d, err := time.ParseDuration(os.Getenv("HOSTILE_DURATION")); err == nil {
 		duration = d
 	}
-	// Large objects for the hostile clients (over fill_ahead, so nothing
-	// is completed behind a client that leaves), small ones besides, for
-	// everyone: 110 MB in all, over four times max_size.
+	// Large objects for the hostile clients (over fill_ahead, 8 MiB, so
+	// nothing is completed behind a client that leaves), small ones
+	// besides, for everyone: 180 MB in all, over seven times max_size.
 	var objs []s3test.Object
 	for i := range 16 {
 		objs = append(objs, s3test.Object{Key: testKey(t, fmt.Sprintf("big-%02d.mp4", i)),
-			Body: s3test.RandomBytes(5<<20+i*137_000, 4000+uint64(i)), ContentType: "video/mp4", CacheControl: mastodonCacheControl})
+			Body: s3test.RandomBytes(9<<20+i*137_000, 4000+uint64(i)), ContentType: "video/mp4", CacheControl: mastodonCacheControl})
 	}
 	for i := range 32 {
 		objs = append(objs, s3test.Object{Key: testKey(t, fmt.Sprintf("small-%02d.webp", i)),

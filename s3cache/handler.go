@@ -47,8 +47,8 @@ const (
 	minDefaultEntries       = 10_000
 	bytesPerDefaultEntry    = 32 << 10
 	defaultSlice            = 1 << 20
-	defaultFillAhead        = 4 << 20
-	defaultFillParallel     = 4
+	defaultFillAhead        = 8 << 20
+	defaultFillParallel     = 8
 	defaultFillQueueTimeout = 5 * time.Second
 	defaultValid200         = 48 * time.Hour
 	defaultValid404         = time.Minute

@@ -217,11 +217,10 @@ func parseFlags(args []string) (config, error) {
 		// of each object, which a smaller one would make a different
 		// test. The others stay several slices (1 MiB by default) long,
 		// so that what a HEAD or a small Range costs still shows; the
-		// HEAD and Range objects are larger than fill_ahead too (4 MiB
-		// by default, 8 MiB measured), or they would be fetched whole,
-		// by design.
+		// HEAD and Range objects are larger than fill_ahead too (8 MiB
+		// by default), or they would be fetched whole, by design.
 		cfg.stormObjects = 16
-		cfg.headRangeSize = 12 * mB
+		cfg.headRangeSize = 20 * mB
 		cfg.suffixSize = 10 * mB
 		cfg.videoSeconds = 8 // about 8 MB
 		cfg.settleQuiet = 500 * time.Millisecond

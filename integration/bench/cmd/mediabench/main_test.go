@@ -293,7 +293,7 @@ func TestFillSettingsFillInTheDefaults(t *testing.T) {
 		got.MaxFills != defaultMaxConcurrentFills || !slices.Equal(got.Options, []string{"slice 512KiB"}) {
 		t.Errorf("fill settings %+v: want slice 512KiB and the other defaults", got)
 	}
-	if s := got.String(); s != "slice 512 KiB, fill_ahead 4 MiB, fill_parallel 4, max_concurrent_fills 64" {
+	if s := got.String(); s != "slice 512 KiB, fill_ahead 8 MiB, fill_parallel 8, max_concurrent_fills 64" {
 		t.Errorf("described as %q", s)
 	}
 	if err := os.WriteFile(bin, []byte("#!/bin/sh\necho 'Error: unrecognized subdirective sliec' >&2\nexit 1\n"), 0o755); err != nil {

@@ -164,8 +164,8 @@ func checkCaddyHasModule(ctx context.Context, bin string) error {
 // depend on, as s3cache/handler.go sets them (a test holds them to it).
 const (
 	defaultSlice              = 1 << 20
-	defaultFillAhead          = 4 << 20
-	defaultFillParallel       = 4
+	defaultFillAhead          = 8 << 20
+	defaultFillParallel       = 8
 	defaultMaxConcurrentFills = 64
 )
 
