@@ -438,25 +438,32 @@ func TestSyncReuploadsChangedFiles(t *testing.T) {
 }
 
 // Objects uploaded in parts have an ETag that is not an MD5: sync
-// compares the x-amz-meta-sha256 it writes, and uploads again an object
-// that has none.
+// compares the x-amz-meta-sha256 it writes, or without it the multipart
+// ETag the file has when cut into parts the same way; an object of other
+// bytes is different (found by reading it back), and uploaded again.
 func TestSyncComparesMultipartObjectsBySHA256(t *testing.T) {
 	source := t.TempDir()
-	tree := mediaTree{"a/with-sha.png": []byte("bytes with a sha256"), "a/without-sha.png": []byte("bytes with no sha256")}
+	tree := mediaTree{
+		"a/with-sha.png":    []byte("bytes with a sha256"),
+		"a/without-sha.png": []byte("bytes with no sha256"),
+		"a/other-bytes.png": []byte("bytes of the file here"),
+	}
 	for rel, body := range tree {
 		writeFile(t, filepath.Join(source, rel), body)
 	}
 	bucket := newCLIBucket(t, "cli-sync-multipart")
 	putMultipart(t, bucket, "a/with-sha.png", tree["a/with-sha.png"], map[string]string{"sha256": s3test.SHA256Hex(tree["a/with-sha.png"])})
 	putMultipart(t, bucket, "a/without-sha.png", tree["a/without-sha.png"], nil)
+	putMultipart(t, bucket, "a/other-bytes.png", []byte("bytes in the bucket th"), nil)
 
 	f := syncFlags(t, source, bucket, env.gateway.Endpoint())
 	sum, out, err := runVerify(t, f.BucketFlags)
-	if cli.ExitCode(err) != 1 || sum.Same != 1 || sum.Different != 1 || !strings.Contains(out, "different: a/without-sha.png: same size, but ETag") {
+	if cli.ExitCode(err) != 1 || sum.Same != 2 || sum.Different != 1 ||
+		!strings.Contains(out, "different: a/other-bytes.png: same size, different bytes (read back from the bucket)") {
 		t.Fatalf("verify: %v, %+v\n%s", err, sum, out)
 	}
 	sum, out, err = runSync(t, f)
-	if err != nil || sum.Same != 1 || sum.Uploaded != 1 {
+	if err != nil || sum.Same != 2 || sum.Uploaded != 1 {
 		t.Fatalf("sync: %v, %+v\n%s", err, sum, out)
 	}
 	if _, out, err := runVerify(t, f.BucketFlags); err != nil {
