@@ -370,8 +370,13 @@ func (h *Handler) copyOrAbort(w http.ResponseWriter, body io.Reader, key, cacheS
 			srcErr = err
 		}
 	default:
+		// One pooled block buffer, rather than the two 32 KiB buffers
+		// io.Copy would allocate through the ReadFrom of Caddy's and
+		// net/http's writers for each client streaming a fill.
 		src := &readErrorRecorder{r: body}
-		n, err = io.Copy(w, src)
+		buf := blockPool.Get().(*[]byte)
+		n, err = io.CopyBuffer(writeOnly{w}, src, *buf)
+		blockPool.Put(buf)
 		if src.err != nil && !errors.Is(src.err, errClientGone) {
 			srcErr = src.err
 		}
@@ -384,6 +389,12 @@ func (h *Handler) copyOrAbort(w http.ResponseWriter, body io.Reader, key, cacheS
 		h.logger.Debug("client stopped reading", zap.String("key", key), zap.Error(err))
 	}
 }
+
+// writeOnly hides a writer's ReadFrom, so that io.CopyBuffer uses the
+// buffer it is given.
+type writeOnly struct{ w io.Writer }
+
+func (o writeOnly) Write(p []byte) (int, error) { return o.w.Write(p) }
 
 func (h *Handler) abort(key string, cause error) {
 	h.logger.Warn("body failed mid-transfer; aborting the response",
