@@ -1,7 +1,9 @@
 // Package caddyfile adds the s3_media_cache directive to the Caddyfile. It
-// only parses: every default and every check that does not need the
-// Caddyfile's line numbers lives in package s3cache, so JSON configs get
-// the same behaviour.
+// only parses: it turns each option's words into the handler's JSON
+// fields, and refuses what cannot be turned (a wrong number of values, an
+// unknown option, a size or a duration that does not read as one), with
+// its line. Every check of a value, and every default, lives in package
+// s3cache, so JSON configs get the same behaviour.
 package caddyfile
 
 import (
@@ -84,13 +86,13 @@ func Unmarshal(d *caddyfile.Dispenser, h *s3cache.Handler) error {
 	if d.NextArg() {
 		return d.Errf("s3_media_cache takes no arguments on its first line, only a block of options")
 	}
-	seen := make(map[string]bool)
+	given := make(map[string]bool)
 	for d.NextBlock(0) {
 		option := d.Val()
-		if seen[option] && option != "hide_header" && option != "valid" {
+		if given[option] && option != "hide_header" && option != "valid" {
 			return d.Errf("s3_media_cache: %s is given twice", option)
 		}
-		seen[option] = true
+		given[option] = true
 
 		var err error
 		switch option {
@@ -127,7 +129,7 @@ func Unmarshal(d *caddyfile.Dispenser, h *s3cache.Handler) error {
 		case "cache_control":
 			h.CacheControl, err = oneArg(d)
 		case "expires":
-			h.Expires, err = expiresArg(d)
+			h.Expires, err = oneArg(d)
 		case "cors_origin":
 			h.CORSOrigin, err = oneArg(d)
 		case "content_security_policy":
@@ -137,17 +139,13 @@ func Unmarshal(d *caddyfile.Dispenser, h *s3cache.Handler) error {
 			on, err = onOffArg(d)
 			h.DisableNosniff = !on
 		case "max_entries":
-			h.MaxEntries, err = countArg(d, 1, 1<<31-1)
+			h.MaxEntries, err = countArg(d)
 		case "inactive":
 			h.Inactive, err = durationArg(d)
 		case "min_free":
 			h.MinFree, err = sizeArg(d)
 		case "levels":
-			if h.Levels, err = oneArg(d); err == nil {
-				if _, lerr := s3cache.ParseLevels(h.Levels); lerr != nil {
-					return d.Errf("s3_media_cache: %v", lerr)
-				}
-			}
+			h.Levels, err = oneArg(d)
 		case "max_object_size":
 			h.MaxObjectSize, err = sizeArg(d)
 		case "lock":
@@ -157,13 +155,11 @@ func Unmarshal(d *caddyfile.Dispenser, h *s3cache.Handler) error {
 		case "lock_timeout":
 			h.LockTimeout, err = durationArg(d)
 		case "slice":
-			if h.Slice, err = sizeArg(d); err == nil && (h.Slice < 64<<10 || h.Slice > 64<<20 || h.Slice%(64<<10) != 0) {
-				return d.Errf("s3_media_cache: slice: %d bytes is not a multiple of 64KiB between 64KiB and 64MiB (try 1MiB)", h.Slice)
-			}
+			h.Slice, err = sizeArg(d)
 		case "fill_ahead":
 			h.FillAhead, err = sizeArg(d)
 		case "fill_parallel":
-			h.FillParallel, err = countArg(d, 1, 64)
+			h.FillParallel, err = countArg(d)
 		case "max_concurrent_fills":
 			h.MaxConcurrentFills, err = fillLimitArg(d)
 		case "fill_queue_timeout":
@@ -182,9 +178,6 @@ func Unmarshal(d *caddyfile.Dispenser, h *s3cache.Handler) error {
 			h.UseStale = d.RemainingArgs()
 			if len(h.UseStale) == 0 {
 				return d.Errf("s3_media_cache: use_stale needs conditions (error timeout updating http_500 http_502 http_503 http_504) or off")
-			}
-			if serr := s3cache.CheckUseStale(h.UseStale); serr != nil {
-				return d.Errf("s3_media_cache: %v", serr)
 			}
 		case "ignore_headers":
 			h.IgnoreHeaders = d.RemainingArgs()
@@ -214,16 +207,6 @@ func Unmarshal(d *caddyfile.Dispenser, h *s3cache.Handler) error {
 		if d.NextBlock(1) {
 			return d.Errf("s3_media_cache: %s does not take a block", option)
 		}
-	}
-	// The handler checks these too (JSON configs have no lines); here
-	// the error can point at the block.
-	switch {
-	case h.Bucket == "":
-		return d.Errf("s3_media_cache: bucket is required")
-	case h.Anonymous && (h.AccessKey != "" || h.SecretKey != ""):
-		return d.Errf("s3_media_cache: anonymous cannot be combined with access_key or secret_key")
-	case (h.AccessKey == "") != (h.SecretKey == ""):
-		return d.Errf("s3_media_cache: access_key and secret_key must be set together (or both omitted to use the AWS credential chain)")
 	}
 	return nil
 }
@@ -296,20 +279,24 @@ func fillLimitArg(d *caddyfile.Dispenser) (int, error) {
 	return n, nil
 }
 
-// countArg reads a whole number between lo and hi.
-func countArg(d *caddyfile.Dispenser, lo, hi int) (int, error) {
+// countArg reads a count. The Caddyfile writes counts, sizes and durations
+// as positive values: in JSON, zero means the option's default and -1 its
+// "off", which the Caddyfile spells by leaving the option out or writing
+// off.
+func countArg(d *caddyfile.Dispenser) (int, error) {
 	option := d.Val()
 	v, err := oneArg(d)
 	if err != nil {
 		return 0, err
 	}
 	n, err := strconv.Atoi(v)
-	if err != nil || n < lo || n > hi {
-		return 0, d.Errf("s3_media_cache: %s: invalid value %q (want a whole number from %d to %d)", option, v, lo, hi)
+	if err != nil || n <= 0 {
+		return 0, d.Errf("s3_media_cache: %s: invalid value %q (want a positive whole number)", option, v)
 	}
 	return n, nil
 }
 
+// durationArg reads a positive duration (see countArg).
 func durationArg(d *caddyfile.Dispenser) (caddy.Duration, error) {
 	option := d.Val()
 	v, err := oneArg(d)
@@ -321,19 +308,6 @@ func durationArg(d *caddyfile.Dispenser) (caddy.Duration, error) {
 		return 0, d.Errf("s3_media_cache: %s: invalid duration %q (want a positive value such as 5s, 2m or 1h)", option, v)
 	}
 	return caddy.Duration(dur), nil
-}
-
-// expiresArg checks the duration here, where the line number is known,
-// and keeps the string form the JSON config carries.
-func expiresArg(d *caddyfile.Dispenser) (string, error) {
-	v, err := oneArg(d)
-	if err != nil || v == "off" {
-		return v, err
-	}
-	if dur, perr := caddy.ParseDuration(v); perr != nil || dur <= 0 {
-		return "", d.Errf("s3_media_cache: expires: invalid duration %q (want a positive value such as 365d, or off)", v)
-	}
-	return v, nil
 }
 
 // validArg reads nginx's proxy_cache_valid form: "valid 200 304 48h",
@@ -361,12 +335,7 @@ func validArg(d *caddyfile.Dispenser, h *s3cache.Handler) error {
 		h.Valid = make(map[string]caddy.Duration)
 	}
 	for _, code := range codes {
-		switch code {
-		case "200", "304", "404":
-			h.Valid[code] = dur
-		default:
-			return d.Errf("s3_media_cache: valid: status %q cannot be cached (use 200, 304 or 404)", code)
-		}
+		h.Valid[code] = dur
 	}
 	return nil
 }

@@ -143,7 +143,6 @@ func TestUnmarshalErrorsNameLineAndOption(t *testing.T) {
 		name, input string
 		wantParts   []string
 	}{
-		{"missing bucket", "s3_media_cache {\n\tregion fr-par\n}", []string{"bucket is required"}},
 		{"unknown option", "s3_media_cache {\n\tbucket b\n\tbukket c\n}", []string{"Testfile:3", `unrecognized option "bukket"`}},
 		{"bad size", "s3_media_cache {\n\tbucket b\n\tmax_size 10XB\n}", []string{"Testfile:3", "max_size", `"10XB"`}},
 		{"negative size", "s3_media_cache {\n\tbucket b\n\tmax_size -1g\n}", []string{"Testfile:3", "max_size"}},
@@ -153,19 +152,14 @@ func TestUnmarshalErrorsNameLineAndOption(t *testing.T) {
 		{"flag with value", "s3_media_cache {\n\tbucket a\n\tpath_style yes\n}", []string{"Testfile:3", "path_style takes no value"}},
 		{"bad duration", "s3_media_cache {\n\tbucket a\n\tconnect_timeout soon\n}", []string{"Testfile:3", "connect_timeout", `"soon"`}},
 		{"zero duration", "s3_media_cache {\n\tbucket a\n\tread_timeout 0s\n}", []string{"Testfile:3", "read_timeout"}},
-		{"bad expires", "s3_media_cache {\n\tbucket a\n\texpires forever\n}", []string{"Testfile:3", "expires", `"forever"`}},
 		{"bad nosniff", "s3_media_cache {\n\tbucket a\n\tnosniff maybe\n}", []string{"Testfile:3", "nosniff", "on or off"}},
 		{"empty hide_header", "s3_media_cache {\n\tbucket a\n\thide_header\n}", []string{"Testfile:3", "hide_header"}},
 		{"arguments on directive", "s3_media_cache mybucket {\n\tbucket a\n}", []string{"Testfile:1", "no arguments"}},
-		{"bad levels", "s3_media_cache {\n\tbucket a\n\tlevels 1:3\n}", []string{"Testfile:3", "levels", "1:2"}},
-		{"bad use_stale", "s3_media_cache {\n\tbucket a\n\tuse_stale error sometimes\n}", []string{"Testfile:3", "use_stale", `"sometimes"`}},
-		{"bad valid status", "s3_media_cache {\n\tbucket a\n\tvalid 500 1m\n}", []string{"Testfile:3", "valid", `"500"`}},
 		{"bad valid duration", "s3_media_cache {\n\tbucket a\n\tvalid 200 long\n}", []string{"Testfile:3", "valid", `"long"`}},
 		{"zero fills", "s3_media_cache {\n\tbucket a\n\tmax_concurrent_fills 0\n}", []string{"Testfile:3", "max_concurrent_fills", `"0"`}},
+		{"zero count", "s3_media_cache {\n\tbucket a\n\tfill_parallel 0\n}", []string{"Testfile:3", "fill_parallel", `"0"`}},
 		{"bad fills", "s3_media_cache {\n\tbucket a\n\tmax_concurrent_fills many\n}", []string{"Testfile:3", "max_concurrent_fills", `"many"`}},
 		{"bad lock", "s3_media_cache {\n\tbucket a\n\tlock sometimes\n}", []string{"Testfile:3", "lock", "on or off"}},
-		{"anonymous with keys", "s3_media_cache {\n\tbucket a\n\tanonymous\n\taccess_key k\n\tsecret_key s\n}", []string{"Testfile:", "anonymous cannot be combined"}},
-		{"access key alone", "s3_media_cache {\n\tbucket a\n\taccess_key k\n}", []string{"Testfile:", "must be set together"}},
 		{"purge_header without secret", "s3_media_cache {\n\tbucket a\n\tpurge_header X-Secret\n}", []string{"Testfile:3", "purge_header takes a header name and a secret"}},
 		{"option with a block", "s3_media_cache {\n\tbucket a {\n\t\tx\n\t}\n}", []string{"bucket does not take a block"}},
 	}
@@ -177,6 +171,44 @@ func TestUnmarshalErrorsNameLineAndOption(t *testing.T) {
 				t.Fatalf("no error for %q", tt.input)
 			}
 			for _, part := range tt.wantParts {
+				if !strings.Contains(err.Error(), part) {
+					t.Errorf("error %q does not contain %q", err, part)
+				}
+			}
+		})
+	}
+}
+
+// TestValueErrorsNameTheOptionAndBlock: values that parse but cannot
+// work are refused by the handler's Validate, which names the option and
+// the block's line (the handler's Site).
+func TestValueErrorsNameTheOptionAndBlock(t *testing.T) {
+	tests := []struct {
+		name, input string
+		wantParts   []string
+	}{
+		{"missing bucket", "s3_media_cache {\n\tregion fr-par\n}", []string{"bucket is required"}},
+		{"bad expires", "s3_media_cache {\n\tbucket a\n\texpires forever\n}", []string{"expires", `"forever"`}},
+		{"bad levels", "s3_media_cache {\n\tbucket a\n\tlevels 1:3\n}", []string{"levels", "1:2"}},
+		{"bad use_stale", "s3_media_cache {\n\tbucket a\n\tuse_stale error sometimes\n}", []string{"use_stale", `"sometimes"`}},
+		{"bad valid status", "s3_media_cache {\n\tbucket a\n\tvalid 500 1m\n}", []string{"valid", `"500"`}},
+		{"bad slice", "s3_media_cache {\n\tbucket a\n\tslice 100k\n}", []string{"slice", "64KiB"}},
+		{"too many fills in parallel", "s3_media_cache {\n\tbucket a\n\tfill_parallel 65\n}", []string{"fill_parallel", "64"}},
+		{"anonymous with keys", "s3_media_cache {\n\tbucket a\n\tanonymous\n\taccess_key k\n\tsecret_key s\n}", []string{"anonymous cannot be combined"}},
+		{"access key alone", "s3_media_cache {\n\tbucket a\n\taccess_key k\n}", []string{"must be set together"}},
+		{"purge secret empty", "s3_media_cache {\n\tbucket a\n\tpurge_header X-Secret {env.S3MC_TEST_UNSET}\n}", []string{"purge_header", "secret"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var h s3cache.Handler
+			if err := Unmarshal(caddyfile.NewTestDispenser(tt.input), &h); err != nil {
+				t.Fatalf("the parser refused a value it should pass on: %v", err)
+			}
+			err := h.Validate()
+			if err == nil {
+				t.Fatalf("Validate accepted %q", tt.input)
+			}
+			for _, part := range append(tt.wantParts, "Testfile:1") {
 				if !strings.Contains(err.Error(), part) {
 					t.Errorf("error %q does not contain %q", err, part)
 				}

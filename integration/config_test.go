@@ -42,24 +42,27 @@ func TestBadCaddyfileIsRejectedNamingTheOption(t *testing.T) {
 		return siteConfig(strings.Join(lines, "\n"))
 	}
 	creds := []string{"access_key a", "secret_key b"}
+	const block = "s3_media_cache {"
 	cases := []struct {
 		name      string
 		caddyfile string
 		want      []string // all must appear in the error
 		// atLine, when set, is the text of the offending line, whose
-		// "Caddyfile:<line>" the error must name.
+		// "Caddyfile:<line>" the error must name: the option's own line
+		// for the parser's errors, the block's for a value Validate
+		// refuses.
 		atLine string
 	}{
-		{"missing bucket", base(append([]string{"endpoint http://127.0.0.1:1", "path_style"}, creds...)...), []string{"bucket"}, ""},
+		{"missing bucket", base(append([]string{"endpoint http://127.0.0.1:1", "path_style"}, creds...)...), []string{"bucket"}, block},
 		{"unknown option", base(append([]string{"bucket b", "frobnicate yes"}, creds...)...), []string{"frobnicate"}, "frobnicate yes"},
 		{"bad max_size", base(append([]string{"bucket b", "max_size 10XB"}, creds...)...), []string{"max_size", "10XB"}, "max_size 10XB"},
 		{"max_size without a value", base(append([]string{"bucket b", "max_size"}, creds...)...), []string{"max_size"}, "max_size"},
 		{"bad duration", base(append([]string{"bucket b", "first_byte_timeout soon"}, creds...)...), []string{"first_byte_timeout", "soon"}, "first_byte_timeout soon"},
-		{"bad expires", base(append([]string{"bucket b", "expires forever"}, creds...)...), []string{"expires", "forever"}, "expires forever"},
+		{"bad expires", base(append([]string{"bucket b", "expires forever"}, creds...)...), []string{"expires", "forever"}, block},
 		{"bad nosniff", base(append([]string{"bucket b", "nosniff maybe"}, creds...)...), []string{"nosniff", "maybe"}, "nosniff maybe"},
-		{"anonymous with access_key", base("bucket b", "anonymous", "access_key a", "secret_key b"), []string{"anonymous", "access_key"}, ""},
-		{"access_key without secret_key", base("bucket b", "access_key a"), []string{"secret_key"}, ""},
-		{"secret_key without access_key", base("bucket b", "secret_key b"), []string{"access_key"}, ""},
+		{"anonymous with access_key", base("bucket b", "anonymous", "access_key a", "secret_key b"), []string{"anonymous", "access_key"}, block},
+		{"access_key without secret_key", base("bucket b", "access_key a"), []string{"secret_key"}, block},
+		{"secret_key without access_key", base("bucket b", "secret_key b"), []string{"access_key"}, block},
 		{"bucket without a name", base(append([]string{"bucket"}, creds...)...), []string{"bucket"}, "bucket"},
 	}
 	for _, c := range cases {

@@ -125,13 +125,6 @@ func parseUseStale(words []string) (staleConditions, error) {
 	return c, nil
 }
 
-// CheckUseStale reports whether words are valid use_stale conditions, for
-// the Caddyfile parser to report a bad one with its line.
-func CheckUseStale(words []string) error {
-	_, err := parseUseStale(words)
-	return err
-}
-
 // allows reports whether a failed fetch may be answered with a stale copy.
 func (c staleConditions) allows(err error) bool {
 	var oe *originError

@@ -5,12 +5,14 @@
 package s3cache
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/url"
 	"os"
@@ -289,75 +291,62 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision resolves placeholders, fills defaults and opens the S3 client
-// and the local root.
+// Provision resolves placeholders, fills defaults and opens the S3 client,
+// the local root and the cache. Caddy calls Validate after Provision; it
+// runs here first as well, so that a value it refuses never reaches a
+// cache the running config shares.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
-	repl := caddy.NewReplacer()
-	resolve := func(s string) string { return repl.ReplaceKnown(s, "") }
-
-	h.originCfg = originConfig{
-		bucket:           resolve(h.Bucket),
-		endpoint:         strings.TrimSuffix(resolve(h.Endpoint), "/"),
-		region:           resolve(h.Region),
-		pathStyle:        h.PathStyle,
-		accessKey:        resolve(h.AccessKey),
-		secretKey:        resolve(h.SecretKey),
-		anonymous:        h.Anonymous,
-		connectTimeout:   durationOr(h.ConnectTimeout, defaultConnectTimeout),
-		firstByteTimeout: durationOr(h.FirstByteTimeout, defaultFirstByteTimeout),
-		readTimeout:      durationOr(h.ReadTimeout, defaultReadTimeout),
+	if err := h.Validate(); err != nil {
+		return err
 	}
-	if h.originCfg.region == "" {
-		h.originCfg.region = defaultRegion
-	}
-	h.mapping = keyMapping{
-		bucket:      h.originCfg.bucket,
-		prefix:      strings.Trim(resolve(h.Prefix), "/"),
-		stripPrefix: strings.TrimSuffix(resolve(h.StripPathPrefix), "/"),
-	}
-	if h.MaxSize == 0 {
-		h.MaxSize = defaultMaxSize
-	}
+	opts := h.resolveOptions()
+	h.originCfg, h.mapping = opts.origin, opts.mapping
 
 	policy, err := h.buildHeaderPolicy()
 	if err != nil {
 		return err
 	}
 	h.policy = policy
-
 	if h.Root != "" {
-		if err := h.openRoot(resolve(h.Root)); err != nil {
+		if err := h.openRoot(opts.root); err != nil {
 			return err
 		}
 	}
-
 	if err := h.buildFreshness(); err != nil {
 		return err
 	}
 	if h.PurgeHeader != "" {
-		secret := resolve(h.PurgeSecret)
-		if secret == "" {
-			return errors.New("s3_media_cache: purge_header needs a non-empty secret")
-		}
 		h.purgeHeader = http.CanonicalHeaderKey(h.PurgeHeader)
 		h.wrongPurges = &logLimiter{}
-		h.purgeSecretSum = sha256.Sum256([]byte(secret))
-		h.purgeMethod = strings.ToUpper(h.PurgeMethod)
-		if h.purgeMethod == "" {
-			h.purgeMethod = http.MethodGet
-		}
+		h.purgeSecretSum = sha256.Sum256([]byte(opts.purgeSecret))
+		h.purgeMethod = strings.ToUpper(cmp.Or(h.PurgeMethod, http.MethodGet))
 	}
 	if h.CacheDir != "" {
 		var listen []string
 		if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok {
 			listen = srv.Listen
 		}
-		if err := h.openCache(resolve(h.CacheDir), ctx.GetMetricsRegistry(), siteName(h.Site, listen, h.mapping)); err != nil {
+		if err := h.openCache(opts.cacheDir, ctx.GetMetricsRegistry(), siteName(h.Site, listen, h.mapping)); err != nil {
 			return err
 		}
 	}
+	if err := h.openOrigin(ctx); err != nil {
+		return err
+	}
+	h.buildFillRules()
+	h.logger.Info("serving media from S3",
+		zap.Bool("path_style", h.originCfg.pathStyle),
+		zap.Bool("anonymous", h.originCfg.anonymous),
+		zap.Bool("local_root", h.localRoot != nil),
+		zap.Bool("cache", h.store != nil),
+	)
+	return nil
+}
 
+// openOrigin opens the S3 client (unless a test set one) and wraps it in
+// the ETag check, the metrics and the bound on S3 requests in flight.
+func (h *Handler) openOrigin(ctx caddy.Context) error {
 	if h.origin == nil {
 		o, err := newS3Origin(ctx, h.originCfg)
 		if err != nil {
@@ -378,25 +367,66 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.origin = instrumentedOrigin{origin: h.origin, m: m}
 	if h.MaxConcurrentFills >= 0 {
-		limit := h.MaxConcurrentFills
-		if limit == 0 {
-			limit = defaultMaxFills
-		}
+		limit := orDefault(h.MaxConcurrentFills, defaultMaxFills)
 		wait := durationOr(h.FillQueueTimeout, defaultFillQueueTimeout)
 		h.origin = newLimitedOrigin(h.origin, limit, wait, m.s3Busy.Inc)
 	}
-	h.buildFillRules()
-	h.logger.Info("serving media from S3",
-		zap.Bool("path_style", h.originCfg.pathStyle),
-		zap.Bool("anonymous", h.originCfg.anonymous),
-		zap.Bool("local_root", h.localRoot != nil),
-		zap.Bool("cache", h.store != nil),
-	)
 	return nil
+}
+
+// resolvedOptions holds the options that may name placeholders, such as
+// {env.S3_SECRET_KEY}, resolved, with their defaults.
+type resolvedOptions struct {
+	origin      originConfig
+	mapping     keyMapping
+	root        string
+	cacheDir    string
+	purgeSecret string
+}
+
+func (h *Handler) resolveOptions() resolvedOptions {
+	repl := caddy.NewReplacer()
+	resolve := func(s string) string { return repl.ReplaceKnown(s, "") }
+	bucket := resolve(h.Bucket)
+	return resolvedOptions{
+		origin: originConfig{
+			bucket:           bucket,
+			endpoint:         strings.TrimSuffix(resolve(h.Endpoint), "/"),
+			region:           cmp.Or(resolve(h.Region), defaultRegion),
+			pathStyle:        h.PathStyle,
+			accessKey:        resolve(h.AccessKey),
+			secretKey:        resolve(h.SecretKey),
+			anonymous:        h.Anonymous,
+			connectTimeout:   durationOr(h.ConnectTimeout, defaultConnectTimeout),
+			firstByteTimeout: durationOr(h.FirstByteTimeout, defaultFirstByteTimeout),
+			readTimeout:      durationOr(h.ReadTimeout, defaultReadTimeout),
+		},
+		mapping: keyMapping{
+			bucket:      bucket,
+			prefix:      strings.Trim(resolve(h.Prefix), "/"),
+			stripPrefix: strings.TrimSuffix(resolve(h.StripPathPrefix), "/"),
+		},
+		root:        resolve(h.Root),
+		cacheDir:    resolve(h.CacheDir),
+		purgeSecret: resolve(h.PurgeSecret),
+	}
 }
 
 // buildFreshness fills in the cache's freshness rules from the config.
 func (h *Handler) buildFreshness() error {
+	p, err := h.freshnessRules()
+	if err != nil {
+		return err
+	}
+	h.fresh = p
+	h.maxObjectBytes = orDefault(h.MaxObjectSize, defaultMaxObjectSize)
+	h.lockTimeout = durationOr(h.LockTimeout, defaultLockTimeout)
+	h.lockDisabled = h.DisableLock
+	return nil
+}
+
+// freshnessRules reads valid, revalidate, ignore_headers and use_stale.
+func (h *Handler) freshnessRules() (freshnessPolicy, error) {
 	p := freshnessPolicy{
 		validFor:   map[int]time.Duration{http.StatusOK: defaultValid200, http.StatusNotFound: defaultValid404},
 		revalidate: !h.DisableRevalidate,
@@ -404,10 +434,10 @@ func (h *Handler) buildFreshness() error {
 	for code, d := range h.Valid {
 		status, err := strconv.Atoi(code)
 		if err != nil || (status != http.StatusOK && status != http.StatusNotModified && status != http.StatusNotFound) {
-			return fmt.Errorf("s3_media_cache: valid: status %q cannot be cached (use 200, 304 or 404)", code)
+			return p, fmt.Errorf("valid: status %q cannot be cached (use 200, 304 or 404)", code)
 		}
 		if d < 0 {
-			return fmt.Errorf("s3_media_cache: valid: negative duration for %s", code)
+			return p, fmt.Errorf("valid: negative duration for %s", code)
 		}
 		p.validFor[status] = time.Duration(d)
 	}
@@ -418,7 +448,7 @@ func (h *Handler) buildFreshness() error {
 		case "Expires":
 			p.ignoreExpires = true
 		default:
-			return fmt.Errorf("s3_media_cache: ignore_headers: %q is not Cache-Control or Expires", name)
+			return p, fmt.Errorf("ignore_headers: %q is not Cache-Control or Expires", name)
 		}
 	}
 	words := h.UseStale
@@ -427,17 +457,10 @@ func (h *Handler) buildFreshness() error {
 	}
 	stale, err := parseUseStale(words)
 	if err != nil {
-		return fmt.Errorf("s3_media_cache: %w", err)
+		return p, err
 	}
 	p.staleOn = stale
-	h.fresh = p
-	h.maxObjectBytes = h.MaxObjectSize
-	if h.maxObjectBytes == 0 {
-		h.maxObjectBytes = defaultMaxObjectSize
-	}
-	h.lockTimeout = durationOr(h.LockTimeout, defaultLockTimeout)
-	h.lockDisabled = h.DisableLock
-	return nil
+	return p, nil
 }
 
 // buildFillRules sets what the fills this handler starts need, once the
@@ -474,27 +497,27 @@ func orDefault[T int | int64](v, def T) T {
 	return v
 }
 
+// storeLimits is what max_size, max_entries, inactive and min_free ask of
+// the store, with their defaults.
+func (h *Handler) storeLimits() storeLimits {
+	maxBytes := orDefault(h.MaxSize, defaultMaxSize)
+	return storeLimits{
+		maxBytes:     maxBytes,
+		maxEntries:   orDefault(h.MaxEntries, max(minDefaultEntries, int(maxBytes/bytesPerDefaultEntry))),
+		inactiveFor:  durationOr(h.Inactive, defaultInactive),
+		minFreeBytes: h.MinFree,
+	}
+}
+
 // openCache opens (or joins, after a reload) the store for dir. config
 // identifies the config being loaded, and site this site, for the store's
 // check that the sites of one config sharing it agree on its limits.
 func (h *Handler) openCache(dir string, config any, site string) error {
-	levelSpec := h.Levels
-	if levelSpec == "" {
-		levelSpec = defaultLevels
-	}
-	levels, err := ParseLevels(levelSpec)
+	levels, err := parseLevels(cmp.Or(h.Levels, defaultLevels))
 	if err != nil {
 		return fmt.Errorf("s3_media_cache: %w", err)
 	}
-	if h.MaxSize < 0 || h.MinFree < 0 || h.Inactive < 0 {
-		return errors.New("s3_media_cache: max_size, min_free and inactive must not be negative")
-	}
-	limits := storeLimits{
-		maxBytes:     h.MaxSize,
-		maxEntries:   orDefault(h.MaxEntries, max(minDefaultEntries, int(h.MaxSize/bytesPerDefaultEntry))),
-		inactiveFor:  durationOr(h.Inactive, defaultInactive),
-		minFreeBytes: h.MinFree,
-	}
+	limits := h.storeLimits()
 	s, err := openStore(dir, levels, limits, h.logger)
 	if err != nil {
 		return fmt.Errorf("s3_media_cache: %w", err)
@@ -528,6 +551,8 @@ func (h *Handler) openRoot(dir string) error {
 	return nil
 }
 
+// buildHeaderPolicy reads the header options: cache_control, expires,
+// cors_origin, content_security_policy, nosniff, hide_header.
 func (h *Handler) buildHeaderPolicy() (headerPolicy, error) {
 	p := newHeaderPolicy(h.HideHeaders)
 	p.cacheControl = offOr(h.CacheControl, defaultCacheControl)
@@ -541,52 +566,108 @@ func (h *Handler) buildHeaderPolicy() (headerPolicy, error) {
 	default:
 		d, err := caddy.ParseDuration(h.Expires)
 		if err != nil || d <= 0 {
-			return p, fmt.Errorf("s3_media_cache: expires: want a positive duration such as 365d, or off")
+			return p, fmt.Errorf("expires: invalid duration %q (want a positive value such as 365d, or off)", h.Expires)
 		}
 		p.expiresAfter = d
 	}
 	return p, nil
 }
 
-// Validate rejects configurations that cannot work, naming the option.
+// Validate rejects a configuration that cannot work, naming the option
+// (and the Caddyfile block, when the adapter said where it is). It is the
+// one place options are checked; the Caddyfile parser only parses.
 func (h *Handler) Validate() error {
-	c := h.originCfg
+	opts := h.resolveOptions()
+	checks := []func() error{
+		func() error { return checkOrigin(opts.origin) },
+		func() error { return checkMapping(opts.mapping) },
+		h.checkLimits,
+		h.checkFills,
+		func() error { _, err := h.freshnessRules(); return err },
+		func() error { _, err := h.buildHeaderPolicy(); return err },
+		func() error {
+			if h.PurgeHeader != "" && opts.purgeSecret == "" {
+				return errors.New("purge_header needs a non-empty secret")
+			}
+			return nil
+		},
+	}
+	for _, check := range checks {
+		if err := check(); err != nil {
+			if h.Site != "" {
+				return fmt.Errorf("s3_media_cache at %s: %w", h.Site, err)
+			}
+			return fmt.Errorf("s3_media_cache: %w", err)
+		}
+	}
+	return nil
+}
+
+// checkOrigin checks bucket, the credentials and endpoint.
+func checkOrigin(c originConfig) error {
 	switch {
 	case c.bucket == "":
-		return errors.New("s3_media_cache: bucket is required")
+		return errors.New("bucket is required")
 	case c.anonymous && (c.accessKey != "" || c.secretKey != ""):
-		return errors.New("s3_media_cache: anonymous cannot be combined with access_key or secret_key")
+		return errors.New("anonymous cannot be combined with access_key or secret_key")
 	case (c.accessKey == "") != (c.secretKey == ""):
-		return errors.New("s3_media_cache: access_key and secret_key must be set together (or both omitted to use the AWS credential chain)")
-	case h.MaxSize < 0:
-		return errors.New("s3_media_cache: max_size must not be negative")
-	case h.MaxEntries < 0:
-		return errors.New("s3_media_cache: max_entries must not be negative")
-	case h.MaxConcurrentFills < -1:
-		return errors.New("s3_media_cache: max_concurrent_fills must be positive, or -1 for no bound")
-	case h.Slice != 0 && !validSliceLen(h.Slice):
-		return fmt.Errorf("s3_media_cache: slice must be a multiple of 64KiB between 64KiB and 64MiB, not %d bytes", h.Slice)
-	case h.FillAhead < 0:
-		return errors.New("s3_media_cache: fill_ahead must not be negative")
-	case h.FillParallel < 0 || h.FillParallel > 64:
-		return errors.New("s3_media_cache: fill_parallel must be between 1 and 64")
-	case h.ConnectTimeout < 0 || h.FirstByteTimeout < 0 || h.ReadTimeout < 0 || h.FillQueueTimeout < 0:
-		return errors.New("s3_media_cache: timeouts must not be negative")
-	case h.mapping.stripPrefix != "" && !strings.HasPrefix(h.mapping.stripPrefix, "/"):
-		return errors.New("s3_media_cache: strip_path_prefix must start with /")
+		return errors.New("access_key and secret_key must be set together (or both omitted to use the AWS credential chain)")
 	}
 	if c.endpoint != "" {
 		// The value itself is not echoed: endpoints can embed
 		// credentials (https://key:secret@host) in hand-written configs.
 		u, err := url.Parse(c.endpoint)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil || u.RawQuery != "" {
-			return errors.New("s3_media_cache: endpoint must be an http:// or https:// URL with a host and no credentials, such as https://s3.fr-par.scw.cloud")
+			return errors.New("endpoint must be an http:// or https:// URL with a host and no credentials, such as https://s3.fr-par.scw.cloud")
 		}
 	}
-	for _, seg := range strings.Split(h.mapping.prefix, "/") {
-		if h.mapping.prefix != "" && (seg == "" || seg == "." || seg == "..") {
-			return errors.New("s3_media_cache: prefix must not contain empty, . or .. segments")
+	return nil
+}
+
+// checkMapping checks prefix and strip_path_prefix.
+func checkMapping(m keyMapping) error {
+	if m.stripPrefix != "" && !strings.HasPrefix(m.stripPrefix, "/") {
+		return errors.New("strip_path_prefix must start with /")
+	}
+	for _, seg := range strings.Split(m.prefix, "/") {
+		if m.prefix != "" && (seg == "" || seg == "." || seg == "..") {
+			return errors.New("prefix must not contain empty, . or .. segments")
 		}
+	}
+	return nil
+}
+
+// checkLimits checks the cache's size, entries, age and layout, and the
+// timeouts.
+func (h *Handler) checkLimits() error {
+	switch {
+	case h.MaxSize < 0:
+		return errors.New("max_size must not be negative")
+	case h.MinFree < 0:
+		return errors.New("min_free must not be negative")
+	case h.Inactive < 0:
+		return errors.New("inactive must not be negative")
+	case h.MaxEntries < 0 || h.MaxEntries > math.MaxInt32:
+		return fmt.Errorf("max_entries must be between 1 and %d", math.MaxInt32)
+	case h.ConnectTimeout < 0 || h.FirstByteTimeout < 0 || h.ReadTimeout < 0 || h.FillQueueTimeout < 0:
+		return errors.New("timeouts must not be negative")
+	}
+	_, err := parseLevels(cmp.Or(h.Levels, defaultLevels))
+	return err
+}
+
+// checkFills checks how objects are fetched: slice, fill_ahead,
+// fill_parallel and max_concurrent_fills.
+func (h *Handler) checkFills() error {
+	switch {
+	case h.MaxConcurrentFills < -1:
+		return errors.New("max_concurrent_fills must be positive, or -1 for no bound")
+	case h.Slice != 0 && !validSliceLen(h.Slice):
+		return fmt.Errorf("slice: %d bytes is not a multiple of 64KiB between 64KiB and 64MiB (try 1MiB)", h.Slice)
+	case h.FillAhead < 0:
+		return errors.New("fill_ahead must not be negative")
+	case h.FillParallel < 0 || h.FillParallel > 64:
+		return errors.New("fill_parallel must be between 1 and 64")
 	}
 	return nil
 }

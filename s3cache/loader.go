@@ -282,10 +282,9 @@ func clearDir(dir string) error {
 	return nil
 }
 
-// ParseLevels reads nginx's levels syntax: one to three numbers, each 1 or
-// 2, separated by colons. The Caddyfile parser uses it to report a bad
-// value with its line.
-func ParseLevels(s string) ([]int, error) {
+// parseLevels reads nginx's levels syntax: one to three numbers, each 1 or
+// 2, separated by colons.
+func parseLevels(s string) ([]int, error) {
 	parts := strings.Split(s, ":")
 	if len(parts) > 3 {
 		return nil, fmt.Errorf("levels %q: at most three levels", s)
