@@ -135,9 +135,7 @@ func Unmarshal(d *caddyfile.Dispenser, h *s3cache.Handler) error {
 		case "content_security_policy":
 			h.ContentSecurityPolicy, err = oneArg(d)
 		case "nosniff":
-			var on bool
-			on, err = onOffArg(d)
-			h.DisableNosniff = !on
+			h.Nosniff, err = onOffArg(d)
 		case "max_entries":
 			h.MaxEntries, err = countArg(d)
 		case "inactive":
@@ -149,9 +147,7 @@ func Unmarshal(d *caddyfile.Dispenser, h *s3cache.Handler) error {
 		case "max_object_size":
 			h.MaxObjectSize, err = sizeArg(d)
 		case "lock":
-			var on bool
-			on, err = onOffArg(d)
-			h.DisableLock = !on
+			h.Lock, err = onOffArg(d)
 		case "lock_timeout":
 			h.LockTimeout, err = durationArg(d)
 		case "slice":
@@ -165,13 +161,9 @@ func Unmarshal(d *caddyfile.Dispenser, h *s3cache.Handler) error {
 		case "fill_queue_timeout":
 			h.FillQueueTimeout, err = durationArg(d)
 		case "etag_check":
-			var on bool
-			on, err = onOffArg(d)
-			h.DisableETagCheck = !on
+			h.ETagCheck, err = onOffArg(d)
 		case "revalidate":
-			var on bool
-			on, err = onOffArg(d)
-			h.DisableRevalidate = !on
+			h.Revalidate, err = onOffArg(d)
 		case "valid":
 			err = validArg(d, h)
 		case "use_stale":
@@ -234,19 +226,21 @@ func flag(d *caddyfile.Dispenser, dst *bool) error {
 	return nil
 }
 
-func onOffArg(d *caddyfile.Dispenser) (bool, error) {
+// onOffArg reads an on|off option, whose JSON field is unset for the
+// default.
+func onOffArg(d *caddyfile.Dispenser) (*bool, error) {
 	option := d.Val()
 	v, err := oneArg(d)
 	if err != nil {
-		return false, err
+		return nil, err
 	}
 	switch v {
 	case "on":
-		return true, nil
+		return new(true), nil
 	case "off":
-		return false, nil
+		return new(false), nil
 	}
-	return false, d.Errf("s3_media_cache: %s: want on or off, got %q", option, v)
+	return nil, d.Errf("s3_media_cache: %s: want on or off, got %q", option, v)
 }
 
 func sizeArg(d *caddyfile.Dispenser) (int64, error) {

@@ -66,7 +66,7 @@ func TestUnmarshalEveryOption(t *testing.T) {
 		Expires:               "7d",
 		CORSOrigin:            "https://example.social",
 		ContentSecurityPolicy: "off",
-		DisableNosniff:        true,
+		Nosniff:               new(false),
 		HideHeaders:           []string{"Last-Modified", "ETag", "Content-Disposition"},
 		Site:                  "Testfile:1",
 	}
@@ -109,13 +109,13 @@ func TestUnmarshalCacheOptions(t *testing.T) {
 		MinFree:            1 << 30,
 		Levels:             "1:2",
 		MaxObjectSize:      512 << 20,
-		DisableLock:        true,
+		Lock:               new(false),
 		LockTimeout:        caddy.Duration(10 * time.Second),
 		MaxConcurrentFills: 16,
 		FillQueueTimeout:   caddy.Duration(2 * time.Second),
-		DisableETagCheck:   true,
+		ETagCheck:          new(false),
 		Valid:              map[string]caddy.Duration{"200": caddy.Duration(48 * time.Hour), "304": caddy.Duration(48 * time.Hour), "404": 0},
-		DisableRevalidate:  true,
+		Revalidate:         new(false),
 		UseStale:           []string{"error", "timeout", "updating", "http_500", "http_502", "http_503", "http_504"},
 		IgnoreHeaders:      []string{"Cache-Control", "Expires"},
 		PurgeHeader:        "Cache-Buster-Secret",
@@ -273,5 +273,30 @@ func TestDirectiveNeedsNoRouteBlock(t *testing.T) {
 	}
 	if !strings.Contains(js, `"bucket":"media"`) {
 		t.Fatalf("bucket missing from JSON:\n%s", js)
+	}
+}
+
+// TestOptionWordsAreTheJSONFieldNames: each Caddyfile option is the JSON
+// field of the same name, so one word is documented once for both. The
+// JSON has two fields the Caddyfile writes otherwise: purge_secret (the
+// second value of purge_header) and site (the block's file:line).
+func TestOptionWordsAreTheJSONFieldNames(t *testing.T) {
+	fields := map[string]bool{}
+	typ := reflect.TypeFor[s3cache.Handler]()
+	for i := range typ.NumField() {
+		if name, _, _ := strings.Cut(typ.Field(i).Tag.Get("json"), ","); name != "" {
+			fields[name] = true
+		}
+	}
+	for _, option := range parserOptions(t) {
+		if !fields[option] {
+			t.Errorf("the Caddyfile's %s has no JSON field of that name", option)
+		}
+		delete(fields, option)
+	}
+	delete(fields, "purge_secret")
+	delete(fields, "site")
+	for name := range fields {
+		t.Errorf("the JSON field %s has no Caddyfile option of that name", name)
 	}
 }

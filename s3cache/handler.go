@@ -135,10 +135,10 @@ type Handler struct {
 	// stored. Default: 1GiB.
 	MaxObjectSize int64 `json:"max_object_size,omitempty"`
 
-	// Let concurrent requests for an object that is being fetched go to
-	// S3 on their own, instead of sharing the one fetch (nginx's
-	// proxy_cache_lock off). Default: false (the lock is on).
-	DisableLock bool `json:"disable_lock,omitempty"`
+	// Whether concurrent requests for an object that is being fetched
+	// share the one fetch (nginx's proxy_cache_lock). false lets each go
+	// to S3 on its own. Default: true.
+	Lock *bool `json:"lock,omitempty"`
 
 	// How long a request waits for a slice that another request is
 	// fetching, counted from the last byte that fetch received, before
@@ -169,12 +169,12 @@ type Handler struct {
 	// removes the bound. Default: 64.
 	MaxConcurrentFills int `json:"max_concurrent_fills,omitempty"`
 
-	// Do not check whole-object bodies against their ETag. By default a
-	// body whose ETag is its MD5 (one-part uploads without KMS or
-	// customer-key encryption) is checked as it streams, and one that
-	// does not match is neither stored nor completed to the client. Turn
-	// it off only for a store whose plain 32-hex-digit ETags are not MD5s.
-	DisableETagCheck bool `json:"disable_etag_check,omitempty"`
+	// Whether whole-object bodies are checked against their ETag: a body
+	// whose ETag is its MD5 (one-part uploads without KMS or customer-key
+	// encryption) is checked as it streams, and one that does not match is
+	// neither stored nor completed to the client. Turn it off only for a
+	// store whose plain 32-hex-digit ETags are not MD5s. Default: true.
+	ETagCheck *bool `json:"etag_check,omitempty"`
 
 	// How long a request that needs S3 waits for a free slot when
 	// max_concurrent_fills are in flight, before it gets a stale copy
@@ -187,9 +187,10 @@ type Handler struct {
 	// 404 for 1m.
 	Valid map[string]caddy.Duration `json:"valid,omitempty"`
 
-	// Do not revalidate expired entries with conditional requests;
-	// download them again instead. Default: false (revalidate).
-	DisableRevalidate bool `json:"disable_revalidate,omitempty"`
+	// Whether expired entries are revalidated with conditional requests
+	// (nginx's proxy_cache_revalidate); false downloads them again.
+	// Default: true.
+	Revalidate *bool `json:"revalidate,omitempty"`
 
 	// When an expired entry may be served: nginx's proxy_cache_use_stale
 	// words (error, timeout, updating, http_500, http_502, http_503,
@@ -228,12 +229,12 @@ type Handler struct {
 	// sends none. Default: "default-src 'none'; form-action 'none'".
 	ContentSecurityPolicy string `json:"content_security_policy,omitempty"`
 
-	// Do not send "X-Content-Type-Options: nosniff". Default: false.
-	DisableNosniff bool `json:"disable_nosniff,omitempty"`
+	// Whether "X-Content-Type-Options: nosniff" is sent. Default: true.
+	Nosniff *bool `json:"nosniff,omitempty"`
 
 	// Response headers to drop in addition to everything S3 sends that
 	// is not media metadata, like nginx's proxy_hide_header.
-	HideHeaders []string `json:"hide_headers,omitempty"`
+	HideHeaders []string `json:"hide_header,omitempty"`
 
 	// Request header of Mastodon's cache buster
 	// (CACHE_BUSTER_SECRET_HEADER). A request carrying it with
@@ -362,7 +363,7 @@ func (h *Handler) openOrigin(ctx caddy.Context) error {
 		return fmt.Errorf("s3_media_cache: registering metrics: %w", err)
 	}
 	h.metrics = m
-	if !h.DisableETagCheck {
+	if enabled(h.ETagCheck) {
 		h.origin = etagCheckingOrigin{origin: h.origin}
 	}
 	h.origin = instrumentedOrigin{origin: h.origin, m: m}
@@ -421,7 +422,7 @@ func (h *Handler) buildFreshness() error {
 	h.fresh = p
 	h.maxObjectBytes = orDefault(h.MaxObjectSize, defaultMaxObjectSize)
 	h.lockTimeout = durationOr(h.LockTimeout, defaultLockTimeout)
-	h.lockDisabled = h.DisableLock
+	h.lockDisabled = !enabled(h.Lock)
 	return nil
 }
 
@@ -429,7 +430,7 @@ func (h *Handler) buildFreshness() error {
 func (h *Handler) freshnessRules() (freshnessPolicy, error) {
 	p := freshnessPolicy{
 		validFor:   map[int]time.Duration{http.StatusOK: defaultValid200, http.StatusNotFound: defaultValid404},
-		revalidate: !h.DisableRevalidate,
+		revalidate: enabled(h.Revalidate),
 	}
 	for code, d := range h.Valid {
 		status, err := strconv.Atoi(code)
@@ -474,7 +475,7 @@ func (h *Handler) buildFillRules() {
 		aheadBytes:     orDefault(h.FillAhead, defaultFillAhead),
 		parallel:       orDefault(h.FillParallel, defaultFillParallel),
 		lockTimeout:    h.lockTimeout,
-		checkETag:      !h.DisableETagCheck,
+		checkETag:      enabled(h.ETagCheck),
 		logger:         h.logger,
 	}
 	h.spoolBudget = newSpoolBudget(spoolBudgetFor(h.MaxConcurrentFills, h.fills.sliceBytes))
@@ -558,7 +559,7 @@ func (h *Handler) buildHeaderPolicy() (headerPolicy, error) {
 	p.cacheControl = offOr(h.CacheControl, defaultCacheControl)
 	p.corsOrigin = offOr(h.CORSOrigin, defaultCORSOrigin)
 	p.csp = offOr(h.ContentSecurityPolicy, defaultCSP)
-	p.nosniff = !h.DisableNosniff
+	p.nosniff = enabled(h.Nosniff)
 	switch h.Expires {
 	case "":
 		p.expiresAfter = defaultExpires
@@ -661,7 +662,7 @@ func (h *Handler) checkLimits() error {
 func (h *Handler) checkFills() error {
 	switch {
 	case h.MaxConcurrentFills < -1:
-		return errors.New("max_concurrent_fills must be positive, or -1 for no bound")
+		return errors.New("max_concurrent_fills must be positive, or -1 (off) for no bound")
 	case h.Slice != 0 && !validSliceLen(h.Slice):
 		return fmt.Errorf("slice: %d bytes is not a multiple of 64KiB between 64KiB and 64MiB (try 1MiB)", h.Slice)
 	case h.FillAhead < 0:
@@ -1100,6 +1101,11 @@ func durationOr(d caddy.Duration, def time.Duration) time.Duration {
 		return def
 	}
 	return time.Duration(d)
+}
+
+// enabled reads an on|off option, on unless set to false.
+func enabled(option *bool) bool {
+	return option == nil || *option
 }
 
 // offOr returns def for an unset option, "" for "off", else the value.

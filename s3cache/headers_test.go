@@ -99,7 +99,7 @@ func TestDecorateBySatus(t *testing.T) {
 }
 
 func TestHeaderOverrides(t *testing.T) {
-	h := &Handler{CacheControl: "off", Expires: "off", CORSOrigin: "https://app.example", ContentSecurityPolicy: "off", DisableNosniff: true, HideHeaders: []string{"etag"}}
+	h := &Handler{CacheControl: "off", Expires: "off", CORSOrigin: "https://app.example", ContentSecurityPolicy: "off", Nosniff: new(false), HideHeaders: []string{"etag"}}
 	p, err := h.buildHeaderPolicy()
 	if err != nil {
 		t.Fatal(err)

@@ -123,7 +123,7 @@ func (h *Handler) spool(ctx context.Context, resp *originResponse, key string) {
 		return // no length to chunk by: stream it as it is
 	}
 	b := &spooledBody{fetch: fetch, chunk: h.fills.sliceBytes, budget: h.spoolBudget, start: off, off: off, end: end, first: resp.body}
-	if want, ok := md5OfETag(resp.header); ok && !h.DisableETagCheck && resp.status == http.StatusOK {
+	if want, ok := md5OfETag(resp.header); ok && enabled(h.ETagCheck) && resp.status == http.StatusOK {
 		b.digest, b.want = md5.New(), want
 	}
 	resp.body = b
