@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"slices"
 	"time"
@@ -18,6 +17,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/aws/smithy-go/logging"
+
+	"github.com/s3mediacache/caddy-s3-media-cache/s3cache"
 )
 
 // Defaults of the bucket flags.
@@ -80,10 +81,9 @@ func (f *BucketFlags) normalize() error {
 		return usagef("--bucket is required")
 	}
 	if f.Endpoint != "" {
-		u, err := url.Parse(f.Endpoint)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil ||
-			(u.Path != "" && u.Path != "/") || u.RawQuery != "" {
-			return usagef("--endpoint %q: want http:// or https://, a host and an optional port, nothing else", f.Endpoint)
+		// The handler's rule: an endpoint sync accepts, a site accepts.
+		if err := s3cache.CheckEndpoint(f.Endpoint); err != nil {
+			return usagef("--endpoint: %w", err)
 		}
 	}
 	prefix, err := normalizePrefix(f.Prefix)

@@ -1,13 +1,14 @@
 package cli
 
 import (
-	"errors"
 	"fmt"
 	"mime"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/s3mediacache/caddy-s3-media-cache/s3cache"
 )
 
 // mastodonCacheControl is the Cache-Control Mastodon's Paperclip storage
@@ -15,67 +16,28 @@ import (
 // bucket cannot tell a migrated file from one Mastodon wrote.
 const mastodonCacheControl = "public, max-age=315576000, immutable"
 
-// maxKeyBytes is S3's limit on the length of an object key.
-const maxKeyBytes = 1024
-
 // objectKey is the key a file under the source directory is stored under:
-// its slash-separated path relative to the source, after the prefix. It
-// is the same join as the handler's prefix option, so a file synced with
-// --prefix P is served by a site with `prefix P`.
+// its path relative to the source, after the prefix, joined as the
+// handler joins its prefix option to a request's path.
 func objectKey(prefix, rel string) string {
-	rel = filepath.ToSlash(rel)
-	if prefix == "" {
-		return rel
-	}
-	return prefix + "/" + rel
+	return s3cache.JoinKey(prefix, filepath.ToSlash(rel))
 }
 
-// normalizePrefix trims the slashes around a key prefix, as the handler's
-// Provision does, and rejects one that could never be requested.
+// checkKey refuses a key no request could ever reach: uploading such a
+// file would put an object in the bucket that no client can fetch. The
+// rules are the handler's (s3cache.CheckKey).
+func checkKey(key string) error {
+	return s3cache.CheckKey(key)
+}
+
+// normalizePrefix trims the slashes around --prefix, as the handler does
+// with its prefix option, and refuses one no request could reach.
 func normalizePrefix(prefix string) (string, error) {
-	p := strings.Trim(prefix, "/")
-	if p == "" {
-		return "", nil
-	}
-	if err := checkKey(p); err != nil {
-		return "", fmt.Errorf("--prefix %q %w", prefix, err)
+	p, err := s3cache.NormalizePrefix(prefix)
+	if err != nil {
+		return "", fmt.Errorf("--prefix %w", err)
 	}
 	return p, nil
-}
-
-var (
-	errKeyNotUTF8     = errors.New("is not valid UTF-8")
-	errKeyControl     = errors.New("contains a control character")
-	errKeyBackslash   = errors.New("contains a backslash")
-	errKeyTooLong     = fmt.Errorf("is longer than S3's limit of %d bytes", maxKeyBytes)
-	errKeyUnreachable = errors.New("has an empty, . or .. segment")
-)
-
-// checkKey rejects keys the handler would refuse to serve (it answers 400
-// to a path with a control character, a backslash or invalid UTF-8, see
-// s3cache/path.go) and keys S3 itself refuses. Uploading such a file
-// would put an object in the bucket that no client can ever fetch.
-func checkKey(key string) error {
-	if len(key) > maxKeyBytes {
-		return errKeyTooLong
-	}
-	if !utf8.ValidString(key) {
-		return errKeyNotUTF8
-	}
-	for i := 0; i < len(key); i++ {
-		switch c := key[i]; {
-		case c < 0x20 || c == 0x7f:
-			return errKeyControl
-		case c == '\\':
-			return errKeyBackslash
-		}
-	}
-	for seg := range strings.SplitSeq(key, "/") {
-		if seg == "" || seg == "." || seg == ".." {
-			return errKeyUnreachable
-		}
-	}
-	return nil
 }
 
 // mediaTypes are the types of the formats Mastodon stores (its

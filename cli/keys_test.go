@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"errors"
 	"strings"
 	"testing"
 )
@@ -33,24 +32,21 @@ func TestNormalizePrefixTrimsSlashesAndRejectsUnservableOnes(t *testing.T) {
 	}
 }
 
-// Keys the handler answers 400 to (s3cache/path.go) would be objects no
-// client can fetch: they are failures, not uploads.
+// Keys the handler answers 400 or 404 to would be objects no client can
+// fetch: they are failures, not uploads (s3cache's TestCheckKey has the
+// reasons).
 func TestCheckKeyRejectsKeysNoClientCouldFetch(t *testing.T) {
-	for key, want := range map[string]error{
-		"media_attachments/files/1/original/a.png": nil,
-		"odd/été photo (1).png":                    nil,
-		"a/back\\slash.png":                        errKeyBackslash,
-		"a/new\nline.png":                          errKeyControl,
-		"a/esc\x1b[31m.png":                        errKeyControl,
-		"a/del\x7f.png":                            errKeyControl,
-		"a/\xff\xfe.png":                           errKeyNotUTF8,
-		"a//b.png":                                 errKeyUnreachable,
-		"a/../b.png":                               errKeyUnreachable,
-		strings.Repeat("k", maxKeyBytes):           nil,
-		strings.Repeat("k", maxKeyBytes+1):         errKeyTooLong,
+	for key, ok := range map[string]bool{
+		"media_attachments/files/1/original/a.png": true,
+		"odd/été photo (1).png":                    true,
+		"a/back\\slash.png":                        false,
+		"a/new\nline.png":                          false,
+		"a/\xff\xfe.png":                           false,
+		"a//b.png":                                 false,
+		strings.Repeat("k", 1025):                  false,
 	} {
-		if err := checkKey(key); !errors.Is(err, want) {
-			t.Errorf("checkKey(%q) = %v, want %v", key, err, want)
+		if err := checkKey(key); (err == nil) != ok {
+			t.Errorf("checkKey(%q) = %v", key, err)
 		}
 	}
 }

@@ -103,37 +103,6 @@ func (a *AdminAPI) handlePurge(w http.ResponseWriter, r *http.Request) error {
 	return json.NewEncoder(w).Encode(result)
 }
 
-// keyMapping is how one site turns URL paths into object keys and cache
-// keys: the one place those rules live, for requests, purges and the
-// admin API.
-type keyMapping struct {
-	bucket, prefix, stripPrefix string
-}
-
-// keys returns the object key and the cache key of the object a URL path,
-// as sent on the wire, names; or errBadPath or errNoObject.
-func (m keyMapping) keys(rawPath string) (objectKey, cacheKey string, err error) {
-	rel, err := objectPathOf(rawPath, m.stripPrefix)
-	if err != nil {
-		return "", "", err
-	}
-	if objectKey, err = m.objectKey(rel); err != nil {
-		return "", "", err
-	}
-	return objectKey, m.cacheKey(objectKey), nil
-}
-
-// objectKey joins the bucket prefix and an object path into an S3 key.
-func (m keyMapping) objectKey(rel string) (string, error) {
-	return objectKey(m.prefix, rel)
-}
-
-// cacheKey names an object in the store. The bucket is part of it so two
-// sites sharing a cache_dir with different buckets cannot collide.
-func (m keyMapping) cacheKey(objectKey string) string {
-	return m.bucket + "/" + objectKey
-}
-
 // addMapping and removeMapping track the sites using the store, so the
 // admin API can purge by URL path.
 func (s *store) addMapping(m keyMapping) {

@@ -68,7 +68,7 @@ func TestAdminAPIStatsAndPurge(t *testing.T) {
 			t.Errorf("purge %s: %d, want 400", bad, code)
 		}
 	}
-	if _, ok := h.store.lookup(h.cacheKey("accounts/avatars/1/a.png"), time.Now()); ok {
+	if _, ok := h.store.lookup(h.mapping.cacheKey("accounts/avatars/1/a.png"), time.Now()); ok {
 		t.Fatal("prefix purge left an entry")
 	}
 	rec = httptest.NewRecorder()

@@ -103,7 +103,7 @@ func storeObject(t *testing.T, h *Handler, baseURL, key string) {
 // marked the entry complete.
 func waitStored(tb testing.TB, h *Handler, key string) {
 	tb.Helper()
-	ckey := h.cacheKey(key)
+	ckey := h.mapping.cacheKey(key)
 	for range 1000 {
 		h.store.mu.Lock()
 		e, ok := h.store.entries[ckey]

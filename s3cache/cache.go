@@ -27,22 +27,11 @@ var (
 	errCachedNotFound = errors.New("no such key (cached answer)")
 )
 
-// cacheKey is the cache key of an object key (see keyMapping).
-func (h *Handler) cacheKey(key string) string {
-	return h.mapping.cacheKey(key)
-}
-
-// objectKeyOf is the object key of a cache key, for logs, which name the
-// object and never the bucket.
-func (h *Handler) objectKeyOf(ckey string) string {
-	return strings.TrimPrefix(ckey, h.mapping.bucket+"/")
-}
-
 // serveCached answers a request through the disk cache: a fresh complete
 // entry is served from disk; anything else goes through the key's fill,
 // which fetches from S3 what the request needs and is not on disk.
 func (h *Handler) serveCached(w http.ResponseWriter, r *http.Request, key string) error {
-	ckey := h.cacheKey(key)
+	ckey := h.mapping.cacheKey(key)
 	// Twice at most: the second lookup happens only when an entry was
 	// stored between the first one and joining the fill.
 	for range 2 {

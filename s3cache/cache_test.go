@@ -283,7 +283,7 @@ func TestFillFailureAbortsReadersAndStoresNothing(t *testing.T) {
 // returns how many of its slices are present, and how many it has.
 func slicesOnDisk(t *testing.T, h *Handler, key string) (present, total int) {
 	t.Helper()
-	ef, err := readEntryFile(h.store.entryPath(h.cacheKey(key)))
+	ef, err := readEntryFile(h.store.entryPath(h.mapping.cacheKey(key)))
 	if errors.Is(err, os.ErrNotExist) {
 		return 0, 0
 	}
@@ -302,7 +302,7 @@ func wantNoBodyStored(t *testing.T, h *Handler, key string) {
 	if present, _ := slicesOnDisk(t, h, key); present != 0 {
 		t.Fatalf("%d slices of %s on disk, want none", present, key)
 	}
-	if e, ok := h.store.lookup(h.cacheKey(key), time.Now()); ok && e.complete {
+	if e, ok := h.store.lookup(h.mapping.cacheKey(key), time.Now()); ok && e.complete {
 		t.Fatalf("%s is indexed as complete", key)
 	}
 }
@@ -411,7 +411,7 @@ func TestCorruptEntryIsNeverServed(t *testing.T) {
 	h := newCachedHandler(t, o, dir, nil)
 	srv := serve(t, h)
 	storeObject(t, h, srv.URL, "v/a.mp4")
-	e, ok := h.store.lookup(h.cacheKey("v/a.mp4"), time.Now())
+	e, ok := h.store.lookup(h.mapping.cacheKey("v/a.mp4"), time.Now())
 	if !ok {
 		t.Fatal("not stored")
 	}
@@ -705,7 +705,7 @@ func TestDamagedEntryIsNeverServed(t *testing.T) {
 					t.Fatalf("the hit before the damage: %v", err)
 				}
 			}
-			ckey := h.cacheKey("v/a.mp4")
+			ckey := h.mapping.cacheKey("v/a.mp4")
 			e, _ := h.store.lookup(ckey, time.Now())
 			damageBlock(t, e.path, e.meta.bodyOffset()+2*blockSize+5)
 			if tt.invisible {
@@ -753,7 +753,7 @@ func TestSendfileHitsReuseDescriptors(t *testing.T) {
 	t.Cleanup(srv.Close)
 	url := srv.URL + "/v/a.mp4"
 	storeObject(t, h, srv.URL, "v/a.mp4")
-	ckey := h.cacheKey("v/a.mp4")
+	ckey := h.mapping.cacheKey("v/a.mp4")
 	spares := func() (perEntry, open int) {
 		h.store.mu.Lock()
 		defer h.store.mu.Unlock()
@@ -829,7 +829,7 @@ func TestDestructedStoreKeepsNothingOpen(t *testing.T) {
 	if resp, _ := get(t, srv.URL+"/v/a.mp4"); resp.Header.Get("X-Cache-Status") != "HIT" {
 		t.Fatalf("want a HIT, got %q", resp.Header.Get("X-Cache-Status"))
 	}
-	e, _ := h.store.lookup(h.cacheKey("v/a.mp4"), time.Now())
+	e, _ := h.store.lookup(h.mapping.cacheKey("v/a.mp4"), time.Now())
 	draining, err := os.Open(e.path)
 	if err != nil {
 		t.Fatal(err)
@@ -874,7 +874,7 @@ func TestEntryRemovedByHandIsFetchedAgain(t *testing.T) {
 			if resp, body := mustFetch(t, srv.Client(), url); resp.Header.Get("X-Cache-Status") != "HIT" || !bytes.Equal(body, data) {
 				t.Fatalf("the hit before the removal: %s, %d bytes", resp.Header.Get("X-Cache-Status"), len(body))
 			}
-			ckey := h.cacheKey("v/a.mp4")
+			ckey := h.mapping.cacheKey("v/a.mp4")
 			e, _ := h.store.lookup(ckey, time.Now())
 			if err := os.Remove(e.path); err != nil {
 				t.Fatal(err)
@@ -1052,7 +1052,7 @@ func (b *failingAfter) Close() error { return b.r.Close() }
 func waitIdle(t *testing.T, h *Handler, key string) {
 	t.Helper()
 	for range 1000 {
-		if !h.store.inFlight(h.cacheKey(key)) {
+		if !h.store.inFlight(h.mapping.cacheKey(key)) {
 			return
 		}
 		time.Sleep(2 * time.Millisecond)
@@ -1113,7 +1113,7 @@ func TestConcurrentReadersGetExactBytesWhileS3Fails(t *testing.T) {
 					want, wantStatus = data[len(data)-n:], http.StatusPartialContent
 				case 3:
 					if i%10 == 3 {
-						h.store.purge(h.cacheKey(key))
+						h.store.purge(h.mapping.cacheKey(key))
 						continue
 					}
 				}

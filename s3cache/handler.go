@@ -14,7 +14,6 @@ import (
 	"io"
 	"math"
 	"net/http"
-	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -380,6 +379,7 @@ func (h *Handler) openOrigin(ctx caddy.Context) error {
 type resolvedOptions struct {
 	origin      originConfig
 	mapping     keyMapping
+	prefixErr   error // why prefix is no key's prefix (see NormalizePrefix)
 	root        string
 	cacheDir    string
 	purgeSecret string
@@ -389,6 +389,7 @@ func (h *Handler) resolveOptions() resolvedOptions {
 	repl := caddy.NewReplacer()
 	resolve := func(s string) string { return repl.ReplaceKnown(s, "") }
 	bucket := resolve(h.Bucket)
+	prefix, prefixErr := NormalizePrefix(resolve(h.Prefix))
 	return resolvedOptions{
 		origin: originConfig{
 			bucket:           bucket,
@@ -404,9 +405,10 @@ func (h *Handler) resolveOptions() resolvedOptions {
 		},
 		mapping: keyMapping{
 			bucket:      bucket,
-			prefix:      strings.Trim(resolve(h.Prefix), "/"),
+			prefix:      prefix,
 			stripPrefix: strings.TrimSuffix(resolve(h.StripPathPrefix), "/"),
 		},
+		prefixErr:   prefixErr,
 		root:        resolve(h.Root),
 		cacheDir:    resolve(h.CacheDir),
 		purgeSecret: resolve(h.PurgeSecret),
@@ -581,7 +583,7 @@ func (h *Handler) Validate() error {
 	opts := h.resolveOptions()
 	checks := []func() error{
 		func() error { return checkOrigin(opts.origin) },
-		func() error { return checkMapping(opts.mapping) },
+		func() error { return checkMapping(opts.mapping, opts.prefixErr) },
 		h.checkLimits,
 		h.checkFills,
 		func() error { _, err := h.freshnessRules(); return err },
@@ -615,25 +617,20 @@ func checkOrigin(c originConfig) error {
 		return errors.New("access_key and secret_key must be set together (or both omitted to use the AWS credential chain)")
 	}
 	if c.endpoint != "" {
-		// The value itself is not echoed: endpoints can embed
-		// credentials (https://key:secret@host) in hand-written configs.
-		u, err := url.Parse(c.endpoint)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil || u.RawQuery != "" {
-			return errors.New("endpoint must be an http:// or https:// URL with a host and no credentials, such as https://s3.fr-par.scw.cloud")
+		if err := CheckEndpoint(c.endpoint); err != nil {
+			return fmt.Errorf("endpoint: %w", err)
 		}
 	}
 	return nil
 }
 
-// checkMapping checks prefix and strip_path_prefix.
-func checkMapping(m keyMapping) error {
+// checkMapping checks strip_path_prefix and prefix.
+func checkMapping(m keyMapping, prefixErr error) error {
 	if m.stripPrefix != "" && !strings.HasPrefix(m.stripPrefix, "/") {
 		return errors.New("strip_path_prefix must start with /")
 	}
-	for _, seg := range strings.Split(m.prefix, "/") {
-		if m.prefix != "" && (seg == "" || seg == "." || seg == "..") {
-			return errors.New("prefix must not contain empty, . or .. segments")
-		}
+	if prefixErr != nil {
+		return fmt.Errorf("prefix %w", prefixErr)
 	}
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"syscall"
 	"time"
@@ -79,6 +80,24 @@ type originError struct {
 func (e *originError) Error() string {
 	return "s3 " + e.op + ": " + e.reason
 }
+
+// CheckEndpoint reports whether endpoint can be an S3 endpoint: an
+// http:// or https:// URL with a host, an optional port and nothing else.
+// A path would be put before every bucket or key, so one there is a
+// mistake (a bucket pasted into the URL, say); credentials belong in the
+// keys. The handler and `caddy s3-media-cache sync` both check with it.
+// Its error does not echo the value, which may hold credentials
+// (https://key:secret@host).
+func CheckEndpoint(endpoint string) error {
+	u, err := url.Parse(endpoint)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil ||
+		(u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" || u.Opaque != "" {
+		return errBadEndpoint
+	}
+	return nil
+}
+
+var errBadEndpoint = errors.New("want an http:// or https:// URL with a host and an optional port, and nothing else (no credentials, path or query), such as https://s3.fr-par.scw.cloud")
 
 // originConfig is what the S3 client needs, after placeholders are resolved.
 type originConfig struct {

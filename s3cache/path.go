@@ -2,6 +2,7 @@ package s3cache
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 	"net/url"
 	"strings"
@@ -122,16 +123,116 @@ func decodeSegment(seg string) (string, error) {
 	return decoded, nil
 }
 
-// objectKey joins the bucket prefix and an object path into an S3 key.
-// prefix has been normalised by Provision to have no leading or trailing
-// slash. It fails with errNoObject for a key longer than S3 allows.
-func objectKey(prefix, rel string) (string, error) {
-	key := rel
-	if prefix != "" {
-		key = prefix + "/" + rel
+// keyMapping is how one site turns URL paths into object keys and cache
+// keys: the one place those rules live, for requests, purges and the
+// admin API.
+type keyMapping struct {
+	bucket, prefix, stripPrefix string
+}
+
+// keys returns the object key and the cache key of the object a URL path,
+// as sent on the wire, names; or errBadPath or errNoObject.
+func (m keyMapping) keys(rawPath string) (objectKey, cacheKey string, err error) {
+	rel, err := objectPathOf(rawPath, m.stripPrefix)
+	if err != nil {
+		return "", "", err
 	}
+	if objectKey, err = m.objectKey(rel); err != nil {
+		return "", "", err
+	}
+	return objectKey, m.cacheKey(objectKey), nil
+}
+
+// objectKey joins the bucket prefix and an object path into an S3 key.
+func (m keyMapping) objectKey(rel string) (string, error) {
+	return objectKey(m.prefix, rel)
+}
+
+// cacheKey names an object in the store. The bucket is part of it so two
+// sites sharing a cache_dir with different buckets cannot collide.
+func (m keyMapping) cacheKey(objectKey string) string {
+	return m.bucket + "/" + objectKey
+}
+
+// objectKeyOf is the object key of a cache key, for logs, which name the
+// object and never the bucket.
+func (m keyMapping) objectKeyOf(cacheKey string) string {
+	return strings.TrimPrefix(cacheKey, m.bucket+"/")
+}
+
+// objectKey is JoinKey for a request, whose path has passed objectPathOf's
+// rules. It fails with errNoObject for a key longer than S3 allows.
+func objectKey(prefix, rel string) (string, error) {
+	key := JoinKey(prefix, rel)
 	if len(key) > maxKeyBytes {
 		return "", errNoObject
 	}
 	return key, nil
+}
+
+// JoinKey is the S3 key of the object at rel, a slash-separated path
+// relative to the media root, under prefix (see NormalizePrefix): the join
+// the handler serves a request by and `caddy s3-media-cache sync` uploads
+// by, so that a file synced with --prefix P is served by a site with
+// `prefix P`. CheckKey says whether a request could reach it.
+func JoinKey(prefix, rel string) string {
+	if prefix == "" {
+		return rel
+	}
+	return prefix + "/" + rel
+}
+
+// Why CheckKey refuses a key; each completes "the key ...".
+var (
+	errKeyTooLong     = fmt.Errorf("is longer than S3's limit of %d bytes", maxKeyBytes)
+	errKeyNotUTF8     = errors.New("is not valid UTF-8")
+	errKeyControl     = errors.New("contains a control character")
+	errKeyBackslash   = errors.New("contains a backslash")
+	errKeyUnreachable = errors.New("has an empty, . or .. segment")
+	errKeyLongSegment = fmt.Errorf("has a segment longer than %d bytes", maxSegmentBytes)
+)
+
+// CheckKey reports why no request could ever reach key: the rules
+// objectPathOf applies to a request's path (each segment valid UTF-8,
+// without control characters, backslashes or slashes, and not empty, "."
+// or ".."), and S3's limits on its length. It is nil for a key the handler
+// serves.
+func CheckKey(key string) error {
+	if len(key) > maxKeyBytes {
+		return errKeyTooLong
+	}
+	if !utf8.ValidString(key) {
+		return errKeyNotUTF8
+	}
+	for i := 0; i < len(key); i++ {
+		switch c := key[i]; {
+		case c < 0x20 || c == 0x7f:
+			return errKeyControl
+		case c == '\\':
+			return errKeyBackslash
+		}
+	}
+	for seg := range strings.SplitSeq(key, "/") {
+		switch {
+		case seg == "" || seg == "." || seg == "..":
+			return errKeyUnreachable
+		case len(seg) > maxSegmentBytes:
+			return errKeyLongSegment
+		}
+	}
+	return nil
+}
+
+// NormalizePrefix is the bucket prefix as keys are built with it: without
+// the slashes around it. It fails, saying why, for a prefix no request
+// could reach (see CheckKey).
+func NormalizePrefix(prefix string) (string, error) {
+	p := strings.Trim(prefix, "/")
+	if p == "" {
+		return "", nil
+	}
+	if err := CheckKey(p); err != nil {
+		return "", fmt.Errorf("%q %w", prefix, err)
+	}
+	return p, nil
 }

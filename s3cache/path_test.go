@@ -175,3 +175,46 @@ func mustParse(t *testing.T, target string) *url.URL {
 	}
 	return u
 }
+
+// TestCheckKey: the keys no request could reach, each with its reason.
+func TestCheckKey(t *testing.T) {
+	for key, want := range map[string]error{
+		"media_attachments/files/1/original/a.png": nil,
+		"odd/été photo (1).png":                    nil,
+		"a/back\\slash.png":                        errKeyBackslash,
+		"a/new\nline.png":                          errKeyControl,
+		"a/esc\x1b[31m.png":                        errKeyControl,
+		"a/del\x7f.png":                            errKeyControl,
+		"a/\xff\xfe.png":                           errKeyNotUTF8,
+		"a//b.png":                                 errKeyUnreachable,
+		"a/../b.png":                               errKeyUnreachable,
+		"a/" + strings.Repeat("s", maxSegmentBytes+1): errKeyLongSegment,
+		strings.Repeat("k", maxKeyBytes):              nil,
+		strings.Repeat("k", maxKeyBytes+1):            errKeyTooLong,
+	} {
+		if err := CheckKey(key); !errors.Is(err, want) {
+			t.Errorf("CheckKey(%q) = %v, want %v", key, err, want)
+		}
+	}
+}
+
+// TestCheckKeyAgreesWithRequests: CheckKey accepts exactly the keys a
+// request (each segment percent-encoded) reaches, so sync uploads no
+// object the handler would refuse to serve, and refuses none it serves.
+func TestCheckKeyAgreesWithRequests(t *testing.T) {
+	for _, key := range []string{
+		"media_attachments/files/1/original/a.png", "odd/été photo (1).png", "a/b..c.png",
+		"a/back\\slash.png", "a/new\nline.png", "a/del\x7f.png", "a/\xff.png", "a//b.png", "a/./b.png",
+		"a/../b.png", "dir/", "", "a/" + strings.Repeat("s", maxSegmentBytes), "a/" + strings.Repeat("s", maxSegmentBytes+1),
+		strings.Repeat("k", maxKeyBytes), strings.Repeat("k", maxKeyBytes+1),
+	} {
+		segments := strings.Split(key, "/")
+		for i, seg := range segments {
+			segments[i] = url.PathEscape(seg)
+		}
+		_, _, reqErr := keyMapping{bucket: "b"}.keys("/" + strings.Join(segments, "/"))
+		if keyErr := CheckKey(key); (keyErr == nil) != (reqErr == nil) {
+			t.Errorf("key %q: CheckKey says %v, a request gets %v", key, keyErr, reqErr)
+		}
+	}
+}

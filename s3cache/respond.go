@@ -262,7 +262,7 @@ func (h *Handler) respondStored(w http.ResponseWriter, r *http.Request, m *entry
 	h.policy.decorate(hdr, status, cacheStatus, now)
 	w.WriteHeader(status)
 	if body != nil {
-		h.copyOrAbort(w, body, h.objectKeyOf(m.Key), cacheStatus)
+		h.copyOrAbort(w, body, h.mapping.objectKeyOf(m.Key), cacheStatus)
 	}
 	return nil
 }
@@ -342,9 +342,9 @@ func (h *Handler) writeMultipart(w http.ResponseWriter, m *entryMeta, cacheStatu
 		}
 		body, err := src.section(br.start, br.length)
 		if err != nil {
-			h.abort(h.objectKeyOf(m.Key), err)
+			h.abort(h.mapping.objectKeyOf(m.Key), err)
 		}
-		h.copyOrAbort(w, body, h.objectKeyOf(m.Key), cacheStatus)
+		h.copyOrAbort(w, body, h.mapping.objectKeyOf(m.Key), cacheStatus)
 		closeSection(body)
 	}
 	_, _ = io.WriteString(w, tail)
