@@ -37,6 +37,7 @@ func benchmarkHit(b *testing.B, size int, tls bool) {
 		req = httptest.NewRequest("GET", "https://example.social/media_attachments/files/1/original/a.png", nil)
 	}
 	w := &discardWriter{header: http.Header{}}
+	req = asCaddyWould(w, req)
 	if err := h.ServeHTTP(w, req, nil); err != nil || w.status != 200 {
 		b.Fatalf("fill: %v %d", err, w.status)
 	}

@@ -12,16 +12,6 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
-// The rest of nginx's $upstream_cache_status vocabulary, used once the
-// cache is on (see headers.go for MISS and BYPASS).
-const (
-	cacheHit         = "HIT"         // a fresh entry, with every byte the response needs on disk
-	cacheExpired     = "EXPIRED"     // an expired entry, replaced by a new download
-	cacheRevalidated = "REVALIDATED" // an expired entry, confirmed by S3 with a 304
-	cacheStale       = "STALE"       // an expired entry, served because S3 failed
-	cacheUpdating    = "UPDATING"    // an expired entry, served while a refresh runs
-)
-
 var (
 	errEntryGone      = errors.New("cache entry disappeared")
 	errCachedNotFound = errors.New("no such key (cached answer)")
@@ -148,7 +138,7 @@ func (h *Handler) serveThroughFill(w http.ResponseWriter, r *http.Request, ckey 
 		err := h.respondStored(w, r, &f.meta, status, fillBody{f: f, ctx: r.Context(), resume: h.resumer(r, plan.objectKey, f.meta.ETag), since: since})
 		return h.afterFillBody(w, r, plan, word, err)
 	case fillNegative:
-		h.policy.decorate(w.Header(), http.StatusNotFound, word, time.Now())
+		h.decorate(w, r, http.StatusNotFound, word, time.Now())
 		return caddyhttp.Error(http.StatusNotFound, errCachedNotFound)
 	case fillFailed:
 		return h.staleOrFailure(w, r, plan.base, f.err, word)
@@ -219,7 +209,7 @@ func (h *Handler) staleOrFailure(w http.ResponseWriter, r *http.Request, stale *
 			return err
 		}
 	}
-	return h.originFailure(w, err, word)
+	return h.originFailure(w, r, err, word)
 }
 
 // resumer returns how a reader of a fill reads part of the object from S3
@@ -244,7 +234,7 @@ func (h *Handler) refreshInBackground(ckey, key string, stale entry) {
 // the entry vanished or failed its checks, for the caller to go to S3.
 func (h *Handler) serveEntry(w http.ResponseWriter, r *http.Request, e *entry, cacheStatus string) error {
 	if e.meta.Status == http.StatusNotFound {
-		h.policy.decorate(w.Header(), http.StatusNotFound, cacheStatus, time.Now())
+		h.decorate(w, r, http.StatusNotFound, cacheStatus, time.Now())
 		return caddyhttp.Error(http.StatusNotFound, errCachedNotFound)
 	}
 	defer corkFor(r)()
@@ -359,7 +349,7 @@ func checkAllBlocks(f *os.File, m *entryMeta, size int64) error {
 
 // originFailure answers a failed S3 fetch with its status (404, 502, 503,
 // 504).
-func (h *Handler) originFailure(w http.ResponseWriter, err error, cacheStatus string) error {
+func (h *Handler) originFailure(w http.ResponseWriter, r *http.Request, err error, cacheStatus string) error {
 	status := http.StatusBadGateway
 	var oe *originError
 	if errors.As(err, &oe) {
@@ -371,6 +361,6 @@ func (h *Handler) originFailure(w http.ResponseWriter, err error, cacheStatus st
 			w.Header().Set("Retry-After", "1")
 		}
 	}
-	h.policy.decorate(w.Header(), status, cacheStatus, time.Now())
+	h.decorate(w, r, status, cacheStatus, time.Now())
 	return caddyhttp.Error(status, err)
 }

@@ -716,7 +716,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 // serveMedia answers a media request and counts it.
 func (h *Handler) serveMedia(w http.ResponseWriter, r *http.Request) error {
 	err := h.serve(w, r)
-	status := w.Header().Get("X-Cache-Status")
+	status := cacheStatusOf(r)
 	h.metrics.countRequest(status)
 	if h.store != nil {
 		h.store.countRequest(status)
@@ -728,22 +728,9 @@ func (h *Handler) serveMedia(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
-		repl.Set("http.s3_media_cache.status", placeholderValue(status))
+		repl.Set("http.s3_media_cache.status", boxedStatus(status))
 	}
 	return err
-}
-
-// placeholderValue is status as the replacer stores it. The usual ones
-// come boxed from constants: boxing a string that is not a constant costs
-// an allocation, on every hit.
-func placeholderValue(status string) any {
-	switch status {
-	case cacheHit:
-		return cacheHit
-	case cacheMiss:
-		return cacheMiss
-	}
-	return status
 }
 
 // serve answers a media request. It reads top to bottom: purge, method
@@ -751,13 +738,13 @@ func placeholderValue(status string) any {
 func (h *Handler) serve(w http.ResponseWriter, r *http.Request) error {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET, HEAD")
-		h.policy.decorate(w.Header(), http.StatusMethodNotAllowed, cacheBypass, time.Now())
+		h.decorate(w, r, http.StatusMethodNotAllowed, cacheBypass, time.Now())
 		return caddyhttp.Error(http.StatusMethodNotAllowed, errMethodNotAllowed)
 	}
 
 	rel, err := objectPath(r.URL, h.mapping.stripPrefix)
 	if err != nil {
-		return h.pathFailure(w, err)
+		return h.pathFailure(w, r, err)
 	}
 
 	if h.localRoot != nil && h.serveLocal(w, r, rel) {
@@ -766,7 +753,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) error {
 
 	key, err := h.mapping.objectKey(rel)
 	if err != nil {
-		return h.pathFailure(w, err)
+		return h.pathFailure(w, r, err)
 	}
 	if h.store == nil {
 		return h.serveFromOrigin(w, r, key, cacheMiss)
@@ -777,9 +764,9 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) error {
 // pathFailure answers a path that names no object: 400 for a malformed
 // one, 404 for one that cannot name an object (a directory, a key longer
 // than S3 allows), without asking S3.
-func (h *Handler) pathFailure(w http.ResponseWriter, err error) error {
+func (h *Handler) pathFailure(w http.ResponseWriter, r *http.Request, err error) error {
 	status := statusForPathError(err)
-	h.policy.decorate(w.Header(), status, cacheBypass, time.Now())
+	h.decorate(w, r, status, cacheBypass, time.Now())
 	return caddyhttp.Error(status, err)
 }
 
@@ -838,7 +825,7 @@ func (h *Handler) isPurge(r *http.Request, purge purgeAttempt) bool {
 func (h *Handler) servePurge(w http.ResponseWriter, r *http.Request) error {
 	key, ckey, err := h.mapping.keys(rawPath(r.URL))
 	if err != nil {
-		return h.pathFailure(w, err)
+		return h.pathFailure(w, r, err)
 	}
 	removed := false
 	if h.store != nil {
@@ -847,7 +834,7 @@ func (h *Handler) servePurge(w http.ResponseWriter, r *http.Request) error {
 		h.logger.Info("purged by cache buster", zap.String("key", key), zap.Bool("was_cached", removed))
 	}
 	h.metrics.countPurge(removed)
-	h.policy.decorate(w.Header(), http.StatusNoContent, cacheBypass, time.Now())
+	h.decorate(w, r, http.StatusNoContent, cacheBypass, time.Now())
 	w.WriteHeader(http.StatusNoContent)
 	return nil
 }
@@ -876,6 +863,7 @@ func (h *Handler) serveLocal(w http.ResponseWriter, r *http.Request, rel string)
 	if h.policy.keeps("ETag") {
 		w.Header().Set("ETag", localETag(info.ModTime(), info.Size()))
 	}
+	setCacheStatus(r, cacheBypass)
 	pw := &policyWriter{ResponseWriter: w, policy: &h.policy, cacheStatus: cacheBypass, now: time.Now()}
 	http.ServeContent(pw, r, info.Name(), info.ModTime(), f)
 	return true
@@ -900,7 +888,7 @@ func (h *Handler) serveFromOrigin(w http.ResponseWriter, r *http.Request, key, c
 		resp, err = h.origin.fetch(r.Context(), req)
 	}
 	if err != nil {
-		return h.originFailure(w, err, cacheStatus)
+		return h.originFailure(w, r, err, cacheStatus)
 	}
 	defer func() {
 		if resp.body != nil {
@@ -912,7 +900,7 @@ func (h *Handler) serveFromOrigin(w http.ResponseWriter, r *http.Request, key, c
 		if !ok || resp.header.Get("Content-Length") != strconv.FormatInt(last-first+1, 10) {
 			// S3's Content-Length and Content-Range disagree: which
 			// one frames the body cannot be known.
-			return h.originFailure(w, &originError{status: http.StatusBadGateway, op: req.op(), reason: "S3's Content-Length and Content-Range disagree"}, cacheStatus)
+			return h.originFailure(w, r, &originError{status: http.StatusBadGateway, op: req.op(), reason: "S3's Content-Length and Content-Range disagree"}, cacheStatus)
 		}
 		widen(resp, asked)
 	}
@@ -978,11 +966,11 @@ func (h *Handler) respondOrigin(w http.ResponseWriter, r *http.Request, key, cac
 		// forwardableValidators) are evaluated here; for those it was
 		// sent, S3 already did and this finds nothing to add.
 		if status := preconditionStatus(r, resp.header.Get("Etag"), resp.header.Get("Last-Modified")); status != 0 {
-			h.writeBodiless(w, status, cacheStatus, time.Now())
+			h.writeBodiless(w, r, status, cacheStatus, time.Now())
 			return nil
 		}
 	}
-	h.policy.decorate(hdr, resp.status, cacheStatus, time.Now())
+	h.decorate(w, r, resp.status, cacheStatus, time.Now())
 	w.WriteHeader(resp.status)
 	if resp.body == nil || r.Method == http.MethodHead {
 		return nil

@@ -72,11 +72,18 @@ func serve(t *testing.T, h *Handler) *httptest.Server {
 	return srv
 }
 
+// asCaddyWould gives r what Caddy's server gives every request before any
+// handler runs: a replacer, and the vars table where the handler keeps the
+// request's cache status.
+func asCaddyWould(w http.ResponseWriter, r *http.Request) *http.Request {
+	return caddyhttp.PrepareRequest(r, caddy.NewReplacer(), w, nil)
+}
+
 // handlerFor runs h as Caddy would, with a handler error written as its
 // status and an empty body.
 func handlerFor(h *Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if err := h.ServeHTTP(w, r, nil); err != nil {
+		if err := h.ServeHTTP(w, asCaddyWould(w, r), nil); err != nil {
 			var he caddyhttp.HandlerError
 			if errors.As(err, &he) {
 				w.WriteHeader(he.StatusCode)
@@ -214,22 +221,34 @@ func TestLocalRootNeverLeadsOutside(t *testing.T) {
 	}
 }
 
-// TestStatusPlaceholderForAccessLogs checks {http.s3_media_cache.status},
-// which access logs use to record the cache's verdict.
-func TestStatusPlaceholderForAccessLogs(t *testing.T) {
+// TestCacheStatusReachesHeaderPlaceholderAndCounters: the one cache status
+// a request gets is what X-Cache-Status says, what the access logs'
+// {http.s3_media_cache.status} says, and what the store's counters count.
+func TestCacheStatusReachesHeaderPlaceholderAndCounters(t *testing.T) {
 	data := objectBytes(1000)
 	h := newCachedHandler(t, servingOrigin(data), t.TempDir(), nil)
-	for _, want := range []string{"MISS", "HIT"} {
+	for i, tc := range []struct {
+		method, path, want string
+		hits, bypassed     int64 // the store's counts after it
+	}{
+		{"GET", "/v/a.mp4", "MISS", 0, 0},
+		{"GET", "/v/a.mp4", "HIT", 1, 0},
+		{"DELETE", "/v/a.mp4", "BYPASS", 1, 1},
+		{"GET", "/v/%2e%2e/a.mp4", "BYPASS", 1, 2},
+	} {
 		repl := caddy.NewReplacer()
-		req := httptest.NewRequest("GET", "/v/a.mp4", nil)
-		req = req.WithContext(context.WithValue(req.Context(), caddy.ReplacerCtxKey, repl))
-		if err := h.ServeHTTP(httptest.NewRecorder(), req, nil); err != nil {
-			t.Fatal(err)
-		}
-		if got, _ := repl.GetString("http.s3_media_cache.status"); got != want {
-			t.Fatalf("placeholder = %q, want %q", got, want)
+		rec := httptest.NewRecorder()
+		req := caddyhttp.PrepareRequest(httptest.NewRequest(tc.method, tc.path, nil), repl, rec, nil)
+		_ = h.ServeHTTP(rec, req, nil)
+		placeholder, _ := repl.GetString("http.s3_media_cache.status")
+		if header := rec.Header().Get("X-Cache-Status"); header != tc.want || placeholder != tc.want {
+			t.Fatalf("%s %s: header %q, placeholder %q; want %q", tc.method, tc.path, header, placeholder, tc.want)
 		}
 		waitStored(t, h, "v/a.mp4")
+		st := h.store.snapshot()
+		if st.Requests != int64(i+1) || st.Hits != tc.hits || st.Bypassed != tc.bypassed {
+			t.Fatalf("after %d requests: %+v", i+1, st)
+		}
 	}
 }
 

@@ -8,16 +8,6 @@ import (
 	"time"
 )
 
-// Values of X-Cache-Status, in nginx's $upstream_cache_status vocabulary so
-// dashboards and log parsers written for the nginx recipe keep working.
-const (
-	// cacheMiss: the response came from S3.
-	cacheMiss = "MISS"
-	// cacheBypass: the cache was not consulted; here, a file served from
-	// the local root.
-	cacheBypass = "BYPASS"
-)
-
 // keptHeaders are the only S3 response headers a client ever sees. Listing
 // what we keep, rather than what we strip, means a header S3 adds tomorrow
 // (another x-amz-*, a cookie from a CDN in front of the bucket) cannot leak

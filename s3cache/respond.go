@@ -217,7 +217,7 @@ func (h *Handler) respondStored(w http.ResponseWriter, r *http.Request, m *entry
 
 	if status := preconditionStatus(r, m.ETag, m.LastModified); status != 0 {
 		h.policy.copyMeta(hdr, m)
-		h.writeBodiless(w, status, cacheStatus, now)
+		h.writeBodiless(w, r, status, cacheStatus, now)
 		return nil
 	}
 
@@ -228,7 +228,7 @@ func (h *Handler) respondStored(w http.ResponseWriter, r *http.Request, m *entry
 		if errors.Is(err, errUnsatisfiable) {
 			h.policy.copyMeta(hdr, m)
 			hdr.Set("Content-Range", "bytes */"+strconv.FormatInt(size, 10))
-			h.writeBodiless(w, http.StatusRequestedRangeNotSatisfiable, cacheStatus, now)
+			h.writeBodiless(w, r, http.StatusRequestedRangeNotSatisfiable, cacheStatus, now)
 			return nil
 		}
 	}
@@ -236,7 +236,7 @@ func (h *Handler) respondStored(w http.ResponseWriter, r *http.Request, m *entry
 		cacheStatus = coverageStatus(cacheStatus, src, ranges, byteRange{})
 		h.policy.copyMeta(hdr, m)
 		h.setAcceptRanges(hdr)
-		h.writeMultipart(w, m, cacheStatus, now, src, ranges)
+		h.writeMultipart(w, r, m, cacheStatus, now, src, ranges)
 		return nil
 	}
 
@@ -259,7 +259,7 @@ func (h *Handler) respondStored(w http.ResponseWriter, r *http.Request, m *entry
 		hdr.Set("Content-Range", br.contentRange(size))
 	}
 	hdr["Content-Length"] = []string{m.lengthOf(br)}
-	h.policy.decorate(hdr, status, cacheStatus, now)
+	h.decorate(w, r, status, cacheStatus, now)
 	w.WriteHeader(status)
 	if body != nil {
 		h.copyOrAbort(w, body, h.mapping.objectKeyOf(m.Key), cacheStatus)
@@ -301,18 +301,18 @@ func (h *Handler) setAcceptRanges(hdr http.Header) {
 
 // writeBodiless sends a 304, 412 or 416: the validators stay, the
 // description of a body that is not there goes.
-func (h *Handler) writeBodiless(w http.ResponseWriter, status int, cacheStatus string, now time.Time) {
+func (h *Handler) writeBodiless(w http.ResponseWriter, r *http.Request, status int, cacheStatus string, now time.Time) {
 	hdr := w.Header()
 	for _, name := range []string{"Content-Type", "Content-Length", "Content-Encoding", "Content-Disposition", "Content-Language", "Accept-Ranges"} {
 		delete(hdr, name)
 	}
-	h.policy.decorate(hdr, status, cacheStatus, now)
+	h.decorate(w, r, status, cacheStatus, now)
 	w.WriteHeader(status)
 }
 
 // writeMultipart sends several ranges as multipart/byteranges (RFC 9110,
 // section 14.6), with an exact Content-Length computed up front.
-func (h *Handler) writeMultipart(w http.ResponseWriter, m *entryMeta, cacheStatus string, now time.Time, src bodySource, ranges []byteRange) {
+func (h *Handler) writeMultipart(w http.ResponseWriter, r *http.Request, m *entryMeta, cacheStatus string, now time.Time, src bodySource, ranges []byteRange) {
 	boundary := randomBoundary()
 	partHeaders := make([]string, len(ranges))
 	length := int64(0)
@@ -334,7 +334,7 @@ func (h *Handler) writeMultipart(w http.ResponseWriter, m *entryMeta, cacheStatu
 	hdr := w.Header()
 	hdr["Content-Type"] = []string{"multipart/byteranges; boundary=" + boundary}
 	hdr["Content-Length"] = []string{strconv.FormatInt(length, 10)}
-	h.policy.decorate(hdr, http.StatusPartialContent, cacheStatus, now)
+	h.decorate(w, r, http.StatusPartialContent, cacheStatus, now)
 	w.WriteHeader(http.StatusPartialContent)
 	for i, br := range ranges {
 		if _, err := io.WriteString(w, partHeaders[i]); err != nil {
