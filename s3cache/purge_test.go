@@ -42,7 +42,7 @@ func TestCacheBusterPurgesWithTheRightSecretOnly(t *testing.T) {
 	if resp.StatusCode != 204 || len(body) != 0 {
 		t.Fatalf("purge: %d, %d bytes; want 204 without a body", resp.StatusCode, len(body))
 	}
-	if _, ok := h.store.lookup(h.cacheKey("v/a.mp4"), time.Now()); ok {
+	if _, ok := h.store.lookup(h.mapping.cacheKey("v/a.mp4"), time.Now()); ok {
 		t.Fatal("entry still indexed after the purge")
 	}
 	if n := dirBytes(t, h.storeDir); n != 0 {
@@ -70,7 +70,7 @@ func TestPurgeDuringFillKeepsItsBytesOutOfTheCache(t *testing.T) {
 	done := make(chan []byte)
 	go func() { _, b := get(t, srv.URL+"/v/a.mp4"); done <- b }()
 	body.gate <- struct{}{}
-	for !h.store.inFlight(h.cacheKey("v/a.mp4")) {
+	for !h.store.inFlight(h.mapping.cacheKey("v/a.mp4")) {
 		time.Sleep(time.Millisecond)
 	}
 	if resp, _ := get(t, srv.URL+"/v/a.mp4", "X-Cache-Buster-Secret", "s3cret"); resp.StatusCode != 204 {
@@ -81,7 +81,7 @@ func TestPurgeDuringFillKeepsItsBytesOutOfTheCache(t *testing.T) {
 		t.Fatal("the reader of the purged fill did not get its bytes")
 	}
 	time.Sleep(20 * time.Millisecond)
-	if _, ok := h.store.lookup(h.cacheKey("v/a.mp4"), time.Now()); ok {
+	if _, ok := h.store.lookup(h.mapping.cacheKey("v/a.mp4"), time.Now()); ok {
 		t.Fatal("a fill purged while running was stored")
 	}
 	if _, total := slicesOnDisk(t, h, "v/a.mp4"); total != 0 {
