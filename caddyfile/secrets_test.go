@@ -9,9 +9,9 @@ import (
 	"github.com/s3mediacache/caddy-s3-media-cache/s3cache"
 )
 
-// A config error ends up in Caddy's log and on the terminal of whoever
-// ran `caddy reload`, so it must point at the option without repeating
-// the secret written next to it.
+// A config error, the parser's or Validate's, ends up in Caddy's log and
+// on the terminal of whoever ran `caddy reload`, so it must point at the
+// option without repeating the secret written next to it.
 func TestErrorsNeverRepeatASecret(t *testing.T) {
 	const secret = "SEKRET-4f1c9a"
 	for _, block := range []string{
@@ -31,6 +31,9 @@ func TestErrorsNeverRepeatASecret(t *testing.T) {
 		t.Run(strings.ReplaceAll(block, "\n", "; "), func(t *testing.T) {
 			var h s3cache.Handler
 			err := Unmarshal(caddyfile.NewTestDispenser(input), &h)
+			if err == nil {
+				err = h.Validate() // a value the parser passed on
+			}
 			if err == nil {
 				t.Fatalf("no error for %q", input)
 			}
