@@ -129,6 +129,10 @@ type fill struct {
 	verdictErr error
 	// noAheadUntil pauses read-ahead after it found every S3 slot taken.
 	noAheadUntil time.Time
+	// headNoted: the first bytes of slice 0 were looked at; moovSlice is
+	// the slice an MP4's moov begins in, to fetch early (moovhint.go).
+	headNoted bool
+	moovSlice int64
 	// failures counts the slice fetches that failed.
 	failures uint64
 

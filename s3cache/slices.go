@@ -118,6 +118,9 @@ func (f *fill) pickLocked(now time.Time) (k int64, urgent, ok bool) {
 	if k, ok := f.aheadLocked(now); ok {
 		return k, false, true
 	}
+	if k, ok := f.moovHintLocked(); ok {
+		return k, false, true
+	}
 	if f.meta.bodyLen <= f.rules.aheadBytes && f.verdict == verdictPending {
 		// Completing a small object is a promise, not a guess: it
 		// queues for an S3 slot like a reader's slice.
@@ -335,6 +338,11 @@ func (f *fill) receiveSlice(k int64, body io.Reader, buf []byte) error {
 				f.rules.logger.Warn("cannot write to the cache (disk full?); readers continue from S3", zap.String("key", f.objectKey), zap.Error(err))
 				f.sliceUnstored(k)
 				return fmt.Errorf("%w: %w", errCacheWrite, err)
+			}
+			if k == 0 && got == 0 {
+				f.mu.Lock()
+				f.noteHeadLocked(buf[:m])
+				f.mu.Unlock()
 			}
 			got += int64(m)
 			f.progress(k, got)
