@@ -49,40 +49,38 @@ func moovSliceAfterMdat(head []byte, size int64) (offset int64, ok bool) {
 	return 0, false
 }
 
-// noteHead looks at the first bytes of slice 0 as they land, once, and
-// sets the moov hint when the object is an MP4 laid out with its moov at
-// the end and some reader wants more than the first slice (a Range of a
-// few bytes, or a HEAD, must not cost a second slice). Called with f.mu
-// held.
+// noteHeadLocked looks at the first bytes of slice 0 as they land, once,
+// and notes where the moov begins when the object is an MP4 laid out with
+// its moov at the end. Called with f.mu held.
 func (f *fill) noteHeadLocked(head []byte) {
 	if f.headNoted {
 		return
 	}
 	f.headNoted = true
-	sliceLen := f.meta.sliceLen
-	off, ok := moovSliceAfterMdat(head, f.meta.bodyLen)
-	if !ok || off < sliceLen {
-		return
-	}
-	for c := range f.cursors {
-		if c.end > sliceLen {
-			f.moovSlice = off / sliceLen
-			f.kickLocked()
-			return
-		}
+	if off, ok := moovSliceAfterMdat(head, f.meta.bodyLen); ok && off >= f.meta.sliceLen {
+		f.moovSlice = off / f.meta.sliceLen
+		f.kickLocked()
 	}
 }
 
-// moovHintLocked returns the slice the moov hint asks for, once, if it is
-// still absent.
+// moovHintLocked returns the slice where the moov begins, once, while it
+// is absent and some reader wants more than the first slice: a Range of
+// a few bytes, or a HEAD, must not cost a second slice. A reader that
+// comes later still gets the hint.
 func (f *fill) moovHintLocked() (int64, bool) {
 	k := f.moovSlice
 	if k <= 0 {
 		return 0, false
 	}
-	f.moovSlice = 0
 	if st := &f.slices[k]; st.phase != sliceAbsent || st.failed {
+		f.moovSlice = 0
 		return 0, false
 	}
-	return k, true
+	for c := range f.cursors {
+		if c.err == nil && c.end > f.meta.sliceLen {
+			f.moovSlice = 0
+			return k, true
+		}
+	}
+	return 0, false
 }
