@@ -189,8 +189,8 @@ func TestCheckKey(t *testing.T) {
 		"a//b.png":                                 errKeyUnreachable,
 		"a/../b.png":                               errKeyUnreachable,
 		"a/" + strings.Repeat("s", maxSegmentBytes+1): errKeyLongSegment,
-		strings.Repeat("k", maxKeyBytes):              nil,
-		strings.Repeat("k", maxKeyBytes+1):            errKeyTooLong,
+		keyOfLength(maxKeyBytes):                      nil,
+		keyOfLength(maxKeyBytes + 1):                  errKeyTooLong,
 	} {
 		if err := CheckKey(key); !errors.Is(err, want) {
 			t.Errorf("CheckKey(%q) = %v, want %v", key, err, want)
@@ -206,7 +206,7 @@ func TestCheckKeyAgreesWithRequests(t *testing.T) {
 		"media_attachments/files/1/original/a.png", "odd/été photo (1).png", "a/b..c.png",
 		"a/back\\slash.png", "a/new\nline.png", "a/del\x7f.png", "a/\xff.png", "a//b.png", "a/./b.png",
 		"a/../b.png", "dir/", "", "a/" + strings.Repeat("s", maxSegmentBytes), "a/" + strings.Repeat("s", maxSegmentBytes+1),
-		strings.Repeat("k", maxKeyBytes), strings.Repeat("k", maxKeyBytes+1),
+		keyOfLength(maxKeyBytes), keyOfLength(maxKeyBytes + 1),
 	} {
 		segments := strings.Split(key, "/")
 		for i, seg := range segments {
@@ -217,4 +217,11 @@ func TestCheckKeyAgreesWithRequests(t *testing.T) {
 			t.Errorf("key %q: CheckKey says %v, a request gets %v", key, keyErr, reqErr)
 		}
 	}
+}
+
+// keyOfLength is a key of n bytes made of short segments.
+func keyOfLength(n int) string {
+	key := []byte(strings.Repeat("kkkkkkkkk/", n/10+1)[:n])
+	key[n-1] = 'k'
+	return string(key)
 }
