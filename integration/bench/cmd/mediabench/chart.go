@@ -42,8 +42,9 @@ func chartRows(r *report) []chartRow {
 			c.label = rw.Scenario
 		}
 		if rw.LoadBound {
-			// wrk's core set the pace: drawn grey, as not a verdict.
-			c.label += " (wrk-bound)"
+			// The load generator's core set the pace: drawn grey, as not
+			// a verdict.
+			c.label += " (load-bound)"
 			c.met = nil
 		}
 		if rw.LowerIsBetter {

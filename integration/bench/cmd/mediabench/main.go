@@ -7,8 +7,14 @@
 // bandwidth cap, and a count of the S3 requests each server makes), the
 // recipe's caching nginx with a second nginx terminating TLS in front of
 // it, and one Caddy with this module serving plain HTTP and TLS. Each
-// server runs on one core (taskset), the load generators (wrk, and the
-// stampede tool of package stampede) on the other.
+// server runs on one core (taskset), the load generators (wrk over
+// HTTP/1.1, h2load over HTTP/2, and the stampede tool of package
+// stampede) on the other.
+//
+// The h2 scenarios (issue 14) drive the hot hits over HTTP/2, as browsers
+// fetch a media host, with one and with eight requests in flight on each
+// connection, through the TLS nginx (which speaks h2) and Caddy's TLS
+// site, beside Caddy's own respond over h2.
 //
 // The scenarios of issue 11 (sliced fills) count the bytes of S3's
 // response bodies each server was sent, at its throttling proxy: a storm
@@ -16,8 +22,8 @@
 // cold suffix Range and ffprobe on a cold MP4 whose index is at its end,
 // and a stampede on an S3 slow to its first byte.
 //
-// scripts/bench is the documented way to run it: it installs nginx, wrk
-// and ffmpeg, builds ./caddy, and runs this program. With -quick it runs
+// scripts/bench is the documented way to run it: it installs nginx, wrk,
+// h2load and ffmpeg, builds ./caddy, and runs this program. With -quick it runs
 // every scenario briefly and checks only what must hold on any machine:
 // the bytes every client received, and what our Caddy pulled from S3 where
 // the sliced engine makes it deterministic (each byte of an object at most
@@ -61,8 +67,8 @@ type config struct {
 	rate     int64 // bytes per second per connection to S3
 	slowRate int64
 
-	duration    time.Duration // of each wrk measurement
-	warmup      time.Duration // wrk run before them, not measured
+	duration    time.Duration // of each wrk or h2load measurement
+	warmup      time.Duration // the load run before them, not measured
 	rounds      int           // measurements per server and scenario
 	connections int
 
@@ -137,20 +143,21 @@ func parseFlags(args []string) (config, error) {
 	fs.DurationVar(&cfg.rtt, "latency", 30*time.Millisecond, "round-trip time the link to S3 adds (a new connection pays one more, for its handshake)")
 	rate := fs.String("bandwidth", "10MB", "bandwidth cap of each connection to S3, bytes per second (kB, MB: powers of 1000)")
 	slowRate := fs.String("slow-bandwidth", "3MB", "the cap for the slow-link stampede, where a fill outlasts nginx's 5s proxy_cache_lock_timeout")
-	fs.DurationVar(&cfg.duration, "duration", 5*time.Second, "length of each wrk measurement")
-	fs.IntVar(&cfg.rounds, "rounds", 3, "wrk measurements per server and scenario, alternating the servers; the table shows their median")
-	fs.IntVar(&cfg.connections, "connections", 32, "wrk connections")
+	fs.DurationVar(&cfg.duration, "duration", 5*time.Second, "length of each wrk or h2load measurement")
+	fs.IntVar(&cfg.rounds, "rounds", 3, "wrk or h2load measurements per server and scenario, alternating the servers; the table shows their median")
+	fs.IntVar(&cfg.connections, "connections", 32, "wrk and h2load connections")
 	fs.IntVar(&cfg.serverCPU, "server-cpu", 0, "the core nginx and Caddy are pinned to")
 	fs.IntVar(&cfg.loadCPU, "load-cpu", 1, "the core the load generators, the throttling proxy and versitygw are pinned to")
 	fs.IntVar(&cfg.restartEntries, "restart-entries", 100_000, "cache entries Caddy holds before the restart scenario")
 	fs.DurationVar(&cfg.fillBudget, "fill-budget", 60*time.Second, "at most this long seeding, and then at most this long requesting, the objects that fill the cache for the restart scenario")
 	fs.DurationVar(&cfg.timeout, "timeout", 30*time.Minute, "give up, stopping everything, after this long (5m at most with -quick)")
 	fs.DurationVar(&cfg.quietBudget, "quiet-budget", time.Minute, "at most this long in all waiting for other processes to leave the cores alone before a measurement, and measuring again after one they disturbed")
-	fs.BoolVar(&cfg.profile, "profile", false, "also take CPU and allocation profiles of Caddy serving 50 KB hits and the working set, through its admin endpoint (into build/bench-profiles, or OUT/profiles with -out)")
+	fs.BoolVar(&cfg.profile, "profile", false, "also take CPU and allocation profiles of Caddy serving 50 KB hits (plain HTTP/1.1, and h2 beside its respond over h2) and the working set, "+
+		"through its admin endpoint (into build/bench-profiles, or OUT/profiles with -out)")
 	fs.Var((*optionLines)(&cfg.caddyOptions), "caddy-option",
 		"an extra line for our Caddy's s3_media_cache block, such as 'slice 512KiB' or 'fill_parallel 8'; repeatable")
 	fs.StringVar(&cfg.rerender, "rerender", "", "draw table.md and chart.svg again from this results.json, beside it, and run nothing")
-	only := fs.String("only", "", "run only the scenarios whose name matches this regular expression (tls, plain, working set, stampede, miss, memory, restart, "+
+	only := fs.String("only", "", "run only the scenarios whose name matches this regular expression (tls, plain, working set, h2, stampede, miss, memory, restart, "+
 		"disconnect storm, cold HEAD and Range 0-0, cold suffix Range, cold ffprobe, slow first byte); the warm-up always runs")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err

@@ -44,8 +44,8 @@ func TestParseWrkReadsRateErrorsAndLatencies(t *testing.T) {
 	if r.Requests != 250163 || r.RequestsPerSec != 31267.12 || r.Duration != 8*time.Second {
 		t.Errorf("requests %d, rate %v, duration %v", r.Requests, r.RequestsPerSec, r.Duration)
 	}
-	if r.Non2xx != 4 || r.SocketErrors != 3 {
-		t.Errorf("non-2xx %d, socket errors %d, want 4 and 3", r.Non2xx, r.SocketErrors)
+	if r.Non2xx != 4 || r.Errors != 3 {
+		t.Errorf("non-2xx %d, socket errors %d, want 4 and 3", r.Non2xx, r.Errors)
 	}
 	if r.Latency["p50"] != 980*time.Microsecond || r.Latency["p99"] != 1800*time.Microsecond {
 		t.Errorf("latencies %v", r.Latency)
@@ -55,6 +55,97 @@ func TestParseWrkReadsRateErrorsAndLatencies(t *testing.T) {
 	}
 	if _, err := parseWrk("wrk: connection refused", "http://x/", 1); err == nil {
 		t.Error("unreadable output parsed without error")
+	}
+}
+
+// h2loadOutput is what Debian's h2load 1.52 printed after 2 s of 32
+// connections × 8 streams on a 50 KB answer (its progress lines left
+// out). The 2xx count is above the requests done: it counts the answers
+// whose headers had come when the run stopped.
+const h2loadOutput = `TLS Protocol: TLSv1.3
+Cipher: TLS_AES_128_GCM_SHA256
+Server Temp Key: X25519 253 bits
+Application protocol: h2
+Main benchmark duration is over for thread #0. Stopping all clients.
+Stopped all clients for thread #0
+
+finished in 2.01s, 4710.00 req/s, 224.86MB/s
+requests: 9420 total, 9676 started, 9420 done, 9420 succeeded, 0 failed, 0 errored, 0 timeout
+status codes: 9547 2xx, 0 3xx, 0 4xx, 0 5xx
+traffic: 449.72MB (471563478) total, 50.30KB (51511) headers (space savings 95.54%), 449.18MB (471000000) data
+                     min         max         mean         sd        +/- sd
+time for request:     1.03ms    132.55ms     50.87ms     24.01ms    73.03%
+time for connect:     6.99ms     34.21ms     22.21ms      8.05ms    53.13%
+time to 1st byte:    43.38ms    121.98ms     89.94ms     23.90ms    59.38%
+req/s           :     135.17      169.07      146.86        7.17    75.00%
+`
+
+func TestParseH2loadReadsRateStatusesBytesAndProtocol(t *testing.T) {
+	r, err := parseH2load(h2loadOutput, "https://x/", 32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Tool != "h2load" || r.Protocol != "h2" || r.Requests != 9420 || r.RequestsPerSec != 4710 || r.Duration != 2010*time.Millisecond {
+		t.Errorf("tool %s, protocol %q, requests %d, rate %v, duration %v", r.Tool, r.Protocol, r.Requests, r.RequestsPerSec, r.Duration)
+	}
+	if r.Errors != 0 || r.Non2xx != 0 {
+		t.Errorf("errors %d, non-2xx %d", r.Errors, r.Non2xx)
+	}
+	if r.Latency["mean"] != 50870*time.Microsecond {
+		t.Errorf("latencies %v", r.Latency)
+	}
+	if f := r.failures(); f != "" {
+		t.Errorf("a clean run reports: %s", f)
+	}
+	if _, err := parseH2load("h2load: could not connect", "https://x/", 1); err == nil {
+		t.Error("unreadable output parsed without error")
+	}
+	bad := strings.NewReplacer("0 failed, 0 errored", "7 failed, 3 errored", "0 4xx, 0 5xx", "2 4xx, 5 5xx").Replace(h2loadOutput)
+	if r, err := parseH2load(bad, "https://x/", 32); err != nil || r.Errors != 7 || r.Non2xx != 7 {
+		t.Errorf("failed %d, not 2xx %d, %v: want 7 and 7", r.Errors, r.Non2xx, err)
+	}
+}
+
+func TestLoadFailuresNameWhatWentWrong(t *testing.T) {
+	ok := loadResult{Tool: "h2load", Protocol: "h2", Requests: 10}
+	for _, tc := range []struct {
+		name   string
+		change func(*loadResult)
+		want   string // in the failure; empty for none
+	}{
+		{"clean h2 run", func(*loadResult) {}, ""},
+		{"not h2", func(r *loadResult) { r.Protocol = "http/1.1" }, `protocol "http/1.1", want h2`},
+		{"an error status", func(r *loadResult) { r.Non2xx = 1 }, "1 not 2xx"},
+		{"failed requests", func(r *loadResult) { r.Errors = 2 }, "2 errors"},
+		{"nothing done", func(r *loadResult) { r.Requests = 0 }, "no request done"},
+		{"wrk has no protocol line", func(r *loadResult) { r.Tool, r.Protocol = "wrk", "" }, ""},
+	} {
+		r := ok
+		tc.change(&r)
+		got := r.failures()
+		if (tc.want == "") != (got == "") || !strings.Contains(got, tc.want) {
+			t.Errorf("%s: failures() = %q, want %q in it", tc.name, got, tc.want)
+		}
+	}
+}
+
+func TestURLListForH2loadIsOneURLALineAndWrittenOnce(t *testing.T) {
+	b := &bench{work: t.TempDir()}
+	file, err := b.writeURLList("https://127.0.0.1:8443", []string{"/a.jpg", "/b.jpg"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	text, _ := os.ReadFile(file)
+	if string(text) != "https://127.0.0.1:8443/a.jpg\nhttps://127.0.0.1:8443/b.jpg\n" {
+		t.Errorf("list:\n%s", text)
+	}
+	again, _ := b.writeURLList("https://127.0.0.1:8443", []string{"/a.jpg", "/b.jpg"})
+	other, _ := b.writeURLList("https://127.0.0.1:9443", []string{"/a.jpg", "/b.jpg"})
+	if again != file || other == file {
+		t.Errorf("the same list got %s and %s, another base %s", file, again, other)
+	}
+	if _, err := b.runLoad(t.Context(), load{paths: []string{"/a.jpg"}}, "http://127.0.0.1:1", time.Second); err == nil {
+		t.Error("wrk was given a list of paths")
 	}
 }
 
@@ -102,6 +193,23 @@ func TestQuickModeShrinksTheRun(t *testing.T) {
 	if !only.selected("stampede") || !only.selected("restart") || only.selected("memory") {
 		t.Error("-only selects the wrong scenarios")
 	}
+	for _, tc := range []struct {
+		only             string
+		h2, tls, working bool
+	}{
+		{only: "h2", h2: true},
+		{only: "tls", tls: true},
+		{only: "working set", working: true},
+	} {
+		cfg, err := parseFlags([]string{"-only", tc.only})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cfg.selected(h2Scenarios) != tc.h2 || cfg.selected("hot HIT over TLS") != tc.tls || cfg.selected("working set") != tc.working {
+			t.Errorf("-only %q: h2 %v, TLS %v, working set %v; want %v, %v, %v", tc.only,
+				cfg.selected(h2Scenarios), cfg.selected("hot HIT over TLS"), cfg.selected("working set"), tc.h2, tc.tls, tc.working)
+		}
+	}
 }
 
 // The rendered nginx configs must be accepted by nginx itself, when it is
@@ -134,6 +242,11 @@ func TestTemplatesRenderValidConfigs(t *testing.T) {
 			if name == "nginx-cache.conf.tmpl" && !strings.Contains(string(text), line) {
 				t.Errorf("%s: no %q", name, line)
 			}
+		}
+		// The recipe's TLS nginx speaks h2 to browsers; the h2 rows
+		// compare with it (h2load checks what it agreed on, too).
+		if name == "nginx-tls.conf.tmpl" && !strings.Contains(string(text), "listen "+c.Listen+" ssl http2;") {
+			t.Errorf("%s: the TLS front does not listen with http2:\n%s", name, text)
 		}
 		bin, err := findBinary("nginx", "")
 		if err != nil {
@@ -236,37 +349,48 @@ func TestCaddyOptionIsRepeatableAndOneLine(t *testing.T) {
 // The bounds on S3 bytes follow s3_media_cache's defaults when no option
 // sets them: the bench's copies must be the module's.
 func TestFillDefaultsAreTheModules(t *testing.T) {
+	// Wherever in the package they live (handler.go, config.go, ...).
 	fset := token.NewFileSet()
-	file, err := parser.ParseFile(fset, "../../../../s3cache/handler.go", nil, parser.SkipObjectResolution)
-	if err != nil {
-		t.Fatal(err)
+	var files []*ast.File
+	sources, _ := filepath.Glob("../../../../s3cache/*.go")
+	for _, path := range sources {
+		if strings.HasSuffix(path, "_test.go") {
+			continue
+		}
+		file, err := parser.ParseFile(fset, path, nil, parser.SkipObjectResolution)
+		if err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, file)
 	}
 	want := map[string]int64{"defaultSlice": defaultSlice, "defaultFillAhead": defaultFillAhead,
 		"defaultFillParallel": defaultFillParallel, "defaultMaxFills": defaultMaxConcurrentFills}
 	found := 0
-	ast.Inspect(file, func(n ast.Node) bool {
-		spec, ok := n.(*ast.ValueSpec)
-		if !ok || len(spec.Names) != 1 || len(spec.Values) != 1 {
+	for _, file := range files {
+		ast.Inspect(file, func(n ast.Node) bool {
+			spec, ok := n.(*ast.ValueSpec)
+			if !ok || len(spec.Names) != 1 || len(spec.Values) != 1 {
+				return true
+			}
+			name := spec.Names[0].Name
+			w, ok := want[name]
+			if !ok {
+				return true
+			}
+			found++
+			tv, err := types.Eval(fset, nil, token.NoPos, types.ExprString(spec.Values[0]))
+			if err != nil {
+				t.Errorf("s3cache: %s: %v", name, err)
+				return true
+			}
+			if v, exact := constant.Int64Val(tv.Value); !exact || v != w {
+				t.Errorf("s3cache: %s = %s; the bench assumes %d", name, types.ExprString(spec.Values[0]), w)
+			}
 			return true
-		}
-		name := spec.Names[0].Name
-		w, ok := want[name]
-		if !ok {
-			return true
-		}
-		found++
-		tv, err := types.Eval(fset, nil, token.NoPos, types.ExprString(spec.Values[0]))
-		if err != nil {
-			t.Errorf("s3cache/handler.go: %s: %v", name, err)
-			return true
-		}
-		if v, exact := constant.Int64Val(tv.Value); !exact || v != w {
-			t.Errorf("s3cache/handler.go: %s = %s; the bench assumes %d", name, types.ExprString(spec.Values[0]), w)
-		}
-		return true
-	})
+		})
+	}
 	if found != len(want) {
-		t.Errorf("found %d of the defaults %v in s3cache/handler.go", found, slices.Sorted(maps.Keys(want)))
+		t.Errorf("found %d of the defaults %v in s3cache", found, slices.Sorted(maps.Keys(want)))
 	}
 }
 
@@ -408,7 +532,7 @@ func TestRerenderDrawsTheSameTableFromResultsJSON(t *testing.T) {
 	}
 	table, _ := os.ReadFile(filepath.Join(dir, "table.md"))
 	chart, _ := os.ReadFile(filepath.Join(dir, "chart.svg"))
-	if !strings.Contains(string(table), "| wrk-bound |") {
+	if !strings.Contains(string(table), "| load-bound |") {
 		t.Errorf("a load-bound row is given a verdict:\n%s", table)
 	}
 	os.Remove(filepath.Join(dir, "table.md"))

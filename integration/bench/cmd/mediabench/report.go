@@ -40,6 +40,7 @@ type machine struct {
 	Nginx     string `json:"nginx"`
 	Caddy     string `json:"caddy"`
 	Wrk       string `json:"wrk"`
+	H2load    string `json:"h2load,omitempty"`
 	Go        string `json:"go"`
 }
 
@@ -107,6 +108,10 @@ func ratioAtLeast(x float64) target {
 
 func ratioAtMost(x float64) target {
 	return target{text: fmt.Sprintf("≤ %g×", x), ratio: x, ok: func(_, r float64) bool { return r <= x }}
+}
+
+func atLeast(v float64, text string) target {
+	return target{text: text, ok: func(o, _ float64) bool { return o >= v }}
 }
 
 func atMost(v float64, text string) target {
@@ -219,7 +224,7 @@ func groupThousands(s string) string {
 func verdict(rw row) string {
 	switch {
 	case rw.LoadBound:
-		return "wrk-bound"
+		return "load-bound"
 	case rw.Met == nil && rw.Target == "":
 		return ""
 	case rw.Met == nil:
@@ -251,8 +256,12 @@ func (r *report) markdown() string {
 }
 
 func (m machine) String() string {
+	tools := m.Wrk
+	if m.H2load != "" {
+		tools += ", " + m.H2load
+	}
 	return fmt.Sprintf("%s, %d cores, %d GiB RAM, Linux %s; %s; Caddy %s; %s; %s",
-		m.CPU, m.Cores, m.MemoryGiB, m.Kernel, m.Nginx, m.Caddy, m.Wrk, m.Go)
+		m.CPU, m.Cores, m.MemoryGiB, m.Kernel, m.Nginx, m.Caddy, tools, m.Go)
 }
 
 // write prints the table and writes results.json, table.md and chart.svg
@@ -325,7 +334,7 @@ func rerender(path string) error {
 }
 
 // describeMachine fills r.Machine from /proc and the tools' versions.
-func (r *report) describeMachine(ctx context.Context, caddyBin, nginxBin, wrkBin string) {
+func (r *report) describeMachine(ctx context.Context, caddyBin, nginxBin, wrkBin, h2loadBin string) {
 	m := &r.Machine
 	m.Cores = runtime.NumCPU()
 	m.Go = runtime.Version()
@@ -357,6 +366,9 @@ func (r *report) describeMachine(ctx context.Context, caddyBin, nginxBin, wrkBin
 	m.Caddy = caddy
 	wrk, _, _ := strings.Cut(version(wrkBin, "-v"), " [")
 	m.Wrk = wrk
+	if h2loadBin != "" {
+		m.H2load = version(h2loadBin, "--version") // "h2load nghttp2/1.52.0"
+	}
 	r.Revision = version("git", "describe", "--always", "--dirty")
 }
 

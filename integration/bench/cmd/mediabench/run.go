@@ -34,17 +34,20 @@ type bench struct {
 	nginxS3, caddyS3, directS3 *throttle.Proxy
 
 	nginxBin, wrkBin string
-	nginxCache       *process
-	nginxTLS         *process
-	caddy            *process
-	caddyConf        string
-	caddyLog         string
+	// h2loadBin is empty when no h2 scenario runs.
+	h2loadBin  string
+	nginxCache *process
+	nginxTLS   *process
+	caddy      *process
+	caddyConf  string
+	caddyLog   string
 	// fills is how our Caddy's fills are configured.
 	fills fillSettings
 	addr  struct{ nginxHTTP, nginxTLS, caddyHTTP, caddyTLS, caddyAdmin, caddyFloor, caddyFloorTLS string }
 
-	// client trusts the bench's certificate and keeps connections alive.
-	client *http.Client
+	// client trusts the bench's certificate and keeps connections alive;
+	// it speaks HTTP/1.1, h2Client HTTP/2.
+	client, h2Client *http.Client
 
 	// quietLeft is what remains of the run's budget for waiting until
 	// other processes leave the cores alone.
@@ -90,6 +93,7 @@ func run(ctx context.Context, cfg config) error {
 		{"hot HIT over TLS", b.tlsHits},
 		{"hot HIT over plain HTTP", b.plainHits},
 		{"working set", b.workingSet},
+		{h2Scenarios, b.h2Hits},
 		{"stampede", b.stampedes},
 		{"single cold MISS", b.singleMiss},
 		{"memory", b.memory},
@@ -157,6 +161,11 @@ func (b *bench) setUp(ctx context.Context) error {
 	if b.wrkBin, err = findBinary("wrk", "install it with: apt-get install wrk (scripts/bench does)"); err != nil {
 		return err
 	}
+	if b.cfg.selected(h2Scenarios) {
+		if b.h2loadBin, err = findBinary("h2load", "install it with: apt-get install nghttp2-client (scripts/bench does)"); err != nil {
+			return err
+		}
+	}
 	if _, err := findBinary("taskset", "it is in util-linux"); err != nil {
 		return err
 	}
@@ -169,7 +178,7 @@ func (b *bench) setUp(ctx context.Context) error {
 		return fmt.Errorf("creating %s: %w", b.work, err)
 	}
 	fmt.Println("work directory:", b.work)
-	b.report.describeMachine(ctx, b.cfg.caddyBin, b.nginxBin, b.wrkBin)
+	b.report.describeMachine(ctx, b.cfg.caddyBin, b.nginxBin, b.wrkBin, b.h2loadBin)
 
 	section("S3: versitygw, seeded")
 	if err := b.startS3(ctx); err != nil {
@@ -258,6 +267,8 @@ func (b *bench) startServers(ctx context.Context) error {
 		return err
 	}
 	b.client = newClient(pool)
+	b.h2Client = newClient(pool)
+	b.h2Client.Transport.(*http.Transport).ForceAttemptHTTP2 = true
 	root := filepath.Join(b.work, "root") // the recipe's root: empty, tried first
 	if err := os.MkdirAll(root, 0o755); err != nil {
 		return err
@@ -352,23 +363,30 @@ func (b *bench) close() {
 type fetchResult struct {
 	status      int
 	cacheStatus string
+	proto       string // HTTP/1.1 or HTTP/2.0
 	ttfb, ttlb  time.Duration
 	err         error
 }
 
-// fetch GETs url and checks the status is 200 and the body is o's.
+// fetch GETs url over HTTP/1.1 and checks the status is 200 and the body
+// is o's.
 func (b *bench) fetch(ctx context.Context, url string, o object) fetchResult {
+	return b.fetchWith(ctx, b.client, url, o)
+}
+
+// fetchWith is fetch through client.
+func (b *bench) fetchWith(ctx context.Context, client *http.Client, url string, o object) fetchResult {
 	start := time.Now()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return fetchResult{err: err}
 	}
-	resp, err := b.client.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		return fetchResult{err: err}
 	}
 	defer resp.Body.Close()
-	r := fetchResult{status: resp.StatusCode, cacheStatus: resp.Header.Get("X-Cache-Status"), ttfb: time.Since(start)}
+	r := fetchResult{status: resp.StatusCode, cacheStatus: resp.Header.Get("X-Cache-Status"), proto: resp.Proto, ttfb: time.Since(start)}
 	h := sha256.New()
 	n, err := io.Copy(h, resp.Body)
 	r.ttlb = time.Since(start)

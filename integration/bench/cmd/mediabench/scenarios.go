@@ -91,69 +91,74 @@ func (b *bench) checkEachOnce(u s3Use, objs []object, what string) {
 }
 
 func (b *bench) tlsHits(ctx context.Context) error {
-	err := b.throughput(ctx, row{Scenario: "end to end over TLS, hot HIT 50 KB: one Caddy vs two nginx", Label: "TLS end to end, HIT 50 KB"},
-		true, []object{b.cat.hot50k}, "", ratioAtLeast(1.5))
+	overTLS := load{tls: true}
+	hit50k := "end to end over TLS, hot HIT 50 KB: one Caddy vs two nginx"
+	err := b.throughput(ctx, row{Scenario: hit50k, Label: "TLS end to end, HIT 50 KB"}, overTLS, []object{b.cat.hot50k}, ratioAtLeast(1.5))
 	if err != nil {
 		return err
 	}
-	if err := b.caddyFloor(ctx, true); err != nil {
+	if _, err := b.caddyFloor(ctx, overTLS, hit50k, "TLS", "TLS"); err != nil {
 		return err
 	}
 	return b.throughput(ctx, row{Scenario: "end to end over TLS, hot HIT 1 MB: one Caddy vs two nginx", Label: "TLS end to end, HIT 1 MB"},
-		true, []object{b.cat.hot1m}, "", ratioAtLeast(1.5))
+		overTLS, []object{b.cat.hot1m}, ratioAtLeast(1.5))
 }
 
 func (b *bench) plainHits(ctx context.Context) error {
-	err := b.throughput(ctx, row{Scenario: fmt.Sprintf("hot HIT 50 KB, %d connections, plain HTTP", b.cfg.connections), Label: "HIT 50 KB, plain HTTP"},
-		false, []object{b.cat.hot50k}, "", ratioAtLeast(0.9))
+	plain := load{}
+	hit50k := fmt.Sprintf("hot HIT 50 KB, %d connections, plain HTTP", b.cfg.connections)
+	err := b.throughput(ctx, row{Scenario: hit50k, Label: "HIT 50 KB, plain HTTP"}, plain, []object{b.cat.hot50k}, ratioAtLeast(0.9))
 	if err != nil {
 		return err
 	}
-	if err := b.caddyFloor(ctx, false); err != nil {
+	if _, err := b.caddyFloor(ctx, plain, hit50k, "plain HTTP", "plain HTTP"); err != nil {
 		return err
 	}
 	if b.cfg.profile {
-		url := "http://" + b.addr.caddyHTTP + b.cat.hot50k.path()
-		if err := b.profileCaddy(ctx, "50 KB hit", "caddy", url, ""); err != nil {
+		hit := plain
+		hit.path = b.cat.hot50k.path()
+		if err := b.profileCaddy(ctx, "50 KB hit", "caddy", hit, "http://"+b.addr.caddyHTTP); err != nil {
 			return err
 		}
 	}
-	err = b.throughput(ctx, row{Scenario: "hot HIT 1 MB, plain HTTP", Label: "HIT 1 MB, plain HTTP"}, false, []object{b.cat.hot1m}, "", ratioAtLeast(1.0))
+	err = b.throughput(ctx, row{Scenario: "hot HIT 1 MB, plain HTTP", Label: "HIT 1 MB, plain HTTP"}, plain, []object{b.cat.hot1m}, ratioAtLeast(1.0))
 	if err != nil {
 		return err
 	}
-	return b.throughput(ctx, row{Scenario: "hot HIT 20 MB, plain HTTP", Label: "HIT 20 MB, plain HTTP"}, false, []object{b.cat.hot20m}, "", ratioAtLeast(1.0))
+	return b.throughput(ctx, row{Scenario: "hot HIT 20 MB, plain HTTP", Label: "HIT 20 MB, plain HTTP"}, plain, []object{b.cat.hot20m}, ratioAtLeast(1.0))
 }
 
 // caddyFloor measures Caddy's own respond handler sending a body of the
-// 50 KB object's size from memory, over TLS or plain HTTP, against the
-// same nginx figure as the 50 KB hit over the same: the ratio no handler
-// in Caddy can beat on this machine, next to which the hit's own ratio
-// reads. A reference row, with no target.
-func (b *bench) caddyFloor(ctx context.Context, overTLS bool) error {
-	hit, url, what := "hot HIT 50 KB", "http://"+b.addr.caddyFloor+"/", "plain HTTP"
-	if overTLS {
-		hit, url, what = "end to end over TLS, hot HIT 50 KB", "https://"+b.addr.caddyFloorTLS+"/", "TLS"
+// 50 KB object's size from memory, driven as l says, against nginx's
+// figure in the row named hit (the 50 KB hit driven the same way): the
+// ratio no handler in Caddy can beat on this machine, next to which the
+// hit's own ratio reads. A reference row, with no target; it returns
+// respond's rate.
+func (b *bench) caddyFloor(ctx context.Context, l load, hit, what, label string) (float64, error) {
+	base := "http://" + b.addr.caddyFloor
+	if l.tls {
+		base = "https://" + b.addr.caddyFloorTLS
 	}
+	l.path = "/"
 	var nginx float64
 	for _, r := range b.report.Rows {
-		if strings.HasPrefix(r.Scenario, hit) && r.Nginx != nil {
+		if r.Scenario == hit && r.Nginx != nil {
 			nginx = *r.Nginx
 		}
 	}
 	var rates []float64
 	for range b.cfg.rounds {
-		res, err := b.measure(ctx, "Caddy's respond floor, "+what, "caddy respond", url, "")
+		res, err := b.measure(ctx, "Caddy's respond floor, "+what, "caddy respond", l, base)
 		if err != nil {
-			return err
+			return 0, err
 		}
 		rates = append(rates, res.RequestsPerSec)
 	}
 	b.report.add(row{
 		Scenario: "reference: Caddy's own respond, 50 KB from memory, no module, " + what + ", req/s (nginx: its 50 KB HIT)",
-		Label:    "reference: Caddy respond 50 KB, " + what, Unit: "req/s", Nginx: f64(nginx), Ours: median(rates),
+		Label:    "reference: Caddy respond 50 KB, " + label, Unit: "req/s", Nginx: f64(nginx), Ours: median(rates),
 	}, target{})
-	return nil
+	return median(rates), nil
 }
 
 func (b *bench) workingSet(ctx context.Context) error {
@@ -166,54 +171,55 @@ func (b *bench) workingSet(ctx context.Context) error {
 		return err
 	}
 	n := groupThousands(strconv.Itoa(len(paths)))
+	l := load{script: script}
 	err := b.throughput(ctx, row{
 		Scenario: fmt.Sprintf("working set of %s small objects (%s), random keys, all cached", n, sizeString(b.cfg.smallSize)),
 		Label:    "working set, " + n + " objects",
-	}, false, b.cat.workingSet, script, ratioAtLeast(0.9))
+	}, l, b.cat.workingSet, ratioAtLeast(0.9))
 	if err != nil || !b.cfg.profile {
 		return err
 	}
-	return b.profileCaddy(ctx, "working set", "caddy-working-set", "http://"+b.addr.caddyHTTP+"/", script)
+	return b.profileCaddy(ctx, "working set", "caddy-working-set", l, "http://"+b.addr.caddyHTTP)
 }
 
-// throughput runs wrk against each server, for objs[0] or, with a
-// script, for the paths the script picks: a warm-up run each, then
-// cfg.rounds measured runs each, alternating which server goes first, so
-// that a machine getting slower or faster during the scenario weighs on
-// both alike. A run during which another process took more than
+// throughput drives each server as l says, for objs[0] or, with a
+// script or a list of paths, for the objects they pick: a warm-up run
+// each, then cfg.rounds measured runs each,
+// alternating which server goes first, so that a machine getting slower
+// or faster during the scenario weighs on both alike. A run during which another process took more than
 // maxForeignCPU of a core is done again (twice at most). The figure is
-// the median of the rounds. Every response must be a 2xx and ours must
-// not ask S3 for anything; afterwards a sample object is fetched, and
-// must be a HIT with the right bytes.
-func (b *bench) throughput(ctx context.Context, rw row, overTLS bool, objs []object, script string, t target) error {
+// the median of the rounds. Every response must be a 2xx (and every
+// connection h2 when l asks for it) and ours must not ask S3 for anything;
+// afterwards a sample object is fetched, over the same protocol, and must
+// be a HIT with the right bytes.
+func (b *bench) throughput(ctx context.Context, rw row, l load, objs []object, t target) error {
 	scenario := rw.Scenario
 	servers := b.servers()
-	url := func(s server) string {
-		base := s.httpURL
-		if overTLS {
-			base = s.tlsURL
+	if l.script == "" && l.paths == nil {
+		l.path = objs[0].path()
+	}
+	base := func(s server) string {
+		if l.tls {
+			return s.tlsURL
 		}
-		if script != "" {
-			return base + "/"
-		}
-		return base + objs[0].path()
+		return s.httpURL
 	}
 	for _, s := range servers {
 		s.s3.Reset()
 		if b.cfg.warmup > 0 {
-			if _, err := runWrk(ctx, b.wrkBin, b.cfg.loadCPU, url(s), b.cfg.connections, b.cfg.warmup, script); err != nil {
+			if _, err := b.runLoad(ctx, l, base(s), b.cfg.warmup); err != nil {
 				return err
 			}
 		}
 	}
-	runs := map[string][]wrkResult{}
+	runs := map[string][]loadResult{}
 	for round := range b.cfg.rounds {
 		order := []server{servers[0], servers[1]}
 		if round%2 == 1 {
 			order[0], order[1] = order[1], order[0]
 		}
 		for _, s := range order {
-			res, err := b.measure(ctx, scenario, s.name, url(s), script)
+			res, err := b.measure(ctx, scenario, s.name, l, base(s))
 			if err != nil {
 				return err
 			}
@@ -236,12 +242,14 @@ func (b *bench) throughput(ctx context.Context, rw row, overTLS bool, objs []obj
 			}
 		}
 		sample := objs[rand.IntN(len(objs))]
-		base := s.httpURL
-		if overTLS {
-			base = s.tlsURL
+		client, proto := b.client, "HTTP/1.1"
+		if l.streams > 0 {
+			client, proto = b.h2Client, "HTTP/2.0"
 		}
-		if r := b.fetch(ctx, base+sample.path(), sample); r.err != nil || r.cacheStatus != "HIT" {
-			b.report.fail(fmt.Sprintf("%s: %s: after the run, GET %s: X-Cache-Status %q, error %v", scenario, s.name, sample.path(), r.cacheStatus, r.err))
+		r := b.fetchWith(ctx, client, base(s)+sample.path(), sample)
+		if r.err != nil || r.cacheStatus != "HIT" || r.proto != proto {
+			b.report.fail(fmt.Sprintf("%s: %s: after the run, GET %s: X-Cache-Status %q over %s (want HIT over %s), error %v",
+				scenario, s.name, sample.path(), r.cacheStatus, r.proto, proto, r.err))
 		}
 	}
 	b.report.Raw[scenario] = runs
@@ -251,9 +259,9 @@ func (b *bench) throughput(ctx context.Context, rw row, overTLS bool, objs []obj
 		notes = append(notes, fmt.Sprintf("median of %d", b.cfg.rounds))
 	}
 	if !b.cfg.quick && max(loadBusy["nginx"], loadBusy["ours"]) > 95 {
-		// Then wrk's core, not the server's, sets the pace, and how busy
-		// each server was says more than its rate.
-		notes = append(notes, fmt.Sprintf("wrk's core saturated; server core busy: nginx %.0f%%, ours %.0f%%", serverBusy["nginx"], serverBusy["ours"]))
+		// Then the load generator's core, not the server's, sets the
+		// pace, and how busy each server was says more than its rate.
+		notes = append(notes, fmt.Sprintf("%s's core saturated; server core busy: nginx %.0f%%, ours %.0f%%", l.tool(), serverBusy["nginx"], serverBusy["ours"]))
 		rw.LoadBound = true
 	}
 	rw.Note = strings.Join(notes, "; ")
@@ -266,14 +274,14 @@ func (b *bench) throughput(ctx context.Context, rw row, overTLS bool, objs []obj
 // with the server or the load generator.
 const maxForeignCPU = 0.05
 
-// measure is one wrk run of a throughput scenario, done again (twice at
-// most, within the run's budget for waiting) when other processes took
-// CPU meanwhile.
-func (b *bench) measure(ctx context.Context, scenario, name, url, script string) (wrkResult, error) {
+// measure is one run of the load generator in a throughput scenario,
+// done again (twice at most, within the run's budget for waiting) when
+// other processes took CPU meanwhile.
+func (b *bench) measure(ctx context.Context, scenario, name string, l load, base string) (loadResult, error) {
 	for attempt := 0; ; attempt++ {
 		background := b.quiet(scenario + ", " + name)
 		cpuBefore, procsBefore, start := readCPU(), readProcs(), time.Now()
-		res, err := runWrk(ctx, b.wrkBin, b.cfg.loadCPU, url, b.cfg.connections, b.cfg.duration, script)
+		res, err := b.runLoad(ctx, l, base, b.cfg.duration)
 		if err != nil {
 			return res, err
 		}
@@ -314,11 +322,11 @@ func median(v []float64) float64 {
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
-// profileCaddy takes a CPU profile and the allocations of Caddy serving
-// url (or the paths script picks) under wrk, from Caddy's admin endpoint,
+// profileCaddy takes a CPU profile and the allocations of Caddy at base
+// (scheme://host:port) while l drives it, from Caddy's admin endpoint,
 // into files named after prefix, and, when the go tool is at hand, writes
-// their top lines beside them.
-func (b *bench) profileCaddy(ctx context.Context, what, prefix, url, script string) error {
+// their top lines beside them, by own time and by cumulative time.
+func (b *bench) profileCaddy(ctx context.Context, what, prefix string, l load, base string) error {
 	// Profiles are large binary files: by default they go to build/,
 	// which git ignores, not beside the results that the README shows.
 	dir := filepath.Join("build", "bench-profiles")
@@ -350,16 +358,21 @@ func (b *bench) profileCaddy(ctx context.Context, what, prefix, url, script stri
 	if err := save(admin+"allocs", file("allocs-before.pprof")); err != nil {
 		return err
 	}
-	load := time.Duration(b.cfg.profileSeconds+2) * time.Second
-	var wrkErr error
+	loadFor := time.Duration(b.cfg.profileSeconds+2) * time.Second
+	var loadErr error
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		_, wrkErr = runWrk(ctx, b.wrkBin, b.cfg.loadCPU, url, b.cfg.connections, load, script)
+		var res loadResult
+		if res, loadErr = b.runLoad(ctx, l, base, loadFor); loadErr == nil {
+			if f := res.failures(); f != "" {
+				loadErr = fmt.Errorf("while profiling the %s: %s", what, f)
+			}
+		}
 	})
 	time.Sleep(time.Second)
 	cpuErr := save(admin+"profile?seconds="+strconv.Itoa(b.cfg.profileSeconds), file("cpu.pprof"))
 	wg.Wait()
-	if err := errors.Join(wrkErr, cpuErr, save(admin+"allocs", file("allocs.pprof"))); err != nil {
+	if err := errors.Join(loadErr, cpuErr, save(admin+"allocs", file("allocs.pprof"))); err != nil {
 		return err
 	}
 	if _, err := exec.LookPath("go"); err == nil {
@@ -370,6 +383,7 @@ func (b *bench) profileCaddy(ctx context.Context, what, prefix, url, script stri
 			}
 		}
 		top(file("cpu-top.txt"), b.cfg.caddyBin, filepath.Join(dir, file("cpu.pprof")))
+		top(file("cpu-cum-top.txt"), "-cum", b.cfg.caddyBin, filepath.Join(dir, file("cpu.pprof")))
 		top(file("allocs-top.txt"), "-sample_index=alloc_space", "-base", filepath.Join(dir, file("allocs-before.pprof")),
 			b.cfg.caddyBin, filepath.Join(dir, file("allocs.pprof")))
 		top(file("allocs-objects-top.txt"), "-sample_index=alloc_objects", "-base", filepath.Join(dir, file("allocs-before.pprof")),

@@ -161,7 +161,7 @@ func checkCaddyHasModule(ctx context.Context, bin string) error {
 }
 
 // The defaults of s3_media_cache's options that the bounds on S3 bytes
-// depend on, as s3cache/handler.go sets them (a test holds them to it).
+// depend on, as package s3cache sets them (a test holds them to it).
 const (
 	defaultSlice              = 1 << 20
 	defaultFillAhead          = 8 << 20

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"math"
 	"os"
 	"os/exec"
 	"regexp"
@@ -10,39 +11,6 @@ import (
 	"strings"
 	"time"
 )
-
-// wrkResult is one wrk run, parsed.
-type wrkResult struct {
-	URL            string                   `json:"url"`
-	Connections    int                      `json:"connections"`
-	Duration       time.Duration            `json:"duration_ns"`
-	Requests       int64                    `json:"requests"`
-	RequestsPerSec float64                  `json:"requests_per_sec"`
-	Non2xx         int64                    `json:"non_2xx_3xx"`
-	SocketErrors   int64                    `json:"socket_errors"`
-	Latency        map[string]time.Duration `json:"latency_ns"`
-	Output         string                   `json:"output"`
-	// How busy the server's core and the load generator's core were
-	// during the run, in percent: a server that is not at 100% is not
-	// what limits the figure.
-	ServerCoreBusy float64 `json:"server_core_busy_percent"`
-	LoadCoreBusy   float64 `json:"load_core_busy_percent"`
-	// BackgroundBusy is how busy the busiest core was just before, with
-	// the bench idle: other processes' work.
-	BackgroundBusy float64 `json:"background_busy_percent"`
-	// ForeignCPU is how much CPU, in cores, processes other than the
-	// bench's used during the run.
-	ForeignCPU float64 `json:"foreign_cpu_cores"`
-}
-
-// failures describes what went wrong in the run, if anything: a response
-// that was not 2xx or 3xx, or a socket error.
-func (w wrkResult) failures() string {
-	if w.Non2xx == 0 && w.SocketErrors == 0 && w.Requests > 0 {
-		return ""
-	}
-	return fmt.Sprintf("wrk on %s: %d requests, %d not 2xx/3xx, %d socket errors:\n%s", w.URL, w.Requests, w.Non2xx, w.SocketErrors, w.Output)
-}
 
 var (
 	wrkRequestsRe = regexp.MustCompile(`(\d+) requests in ([\d.]+)(us|ms|s|m)`)
@@ -55,7 +23,7 @@ var (
 // runWrk runs wrk pinned to cpu: one thread (one core), conns
 // connections, for d. script, when set, is a Lua file that picks the
 // request paths.
-func runWrk(ctx context.Context, bin string, cpu int, url string, conns int, d time.Duration, script string) (wrkResult, error) {
+func runWrk(ctx context.Context, bin string, cpu int, url string, conns int, d time.Duration, script string) (loadResult, error) {
 	secs := max(int((d+time.Second/2)/time.Second), 1)
 	args := []string{"-c", strconv.Itoa(cpu), bin, "-t1", "-c" + strconv.Itoa(conns), "-d" + strconv.Itoa(secs) + "s", "--timeout", "10s", "--latency"}
 	if script != "" {
@@ -66,13 +34,13 @@ func runWrk(ctx context.Context, bin string, cpu int, url string, conns int, d t
 	defer cancel()
 	out, err := exec.CommandContext(ctx, "taskset", args...).CombinedOutput()
 	if err != nil {
-		return wrkResult{}, fmt.Errorf("wrk %s: %w\n%s", url, err, out)
+		return loadResult{}, fmt.Errorf("wrk %s: %w\n%s", url, err, out)
 	}
 	return parseWrk(string(out), url, conns)
 }
 
-func parseWrk(out, url string, conns int) (wrkResult, error) {
-	r := wrkResult{URL: url, Connections: conns, Output: out, Latency: map[string]time.Duration{}}
+func parseWrk(out, url string, conns int) (loadResult, error) {
+	r := loadResult{Tool: "wrk", URL: url, Connections: conns, Output: out, Latency: map[string]time.Duration{}}
 	m := wrkRequestsRe.FindStringSubmatch(out)
 	rate := wrkRateRe.FindStringSubmatch(out)
 	if m == nil || rate == nil {
@@ -87,7 +55,7 @@ func parseWrk(out, url string, conns int) (wrkResult, error) {
 	if m := wrkSocketRe.FindStringSubmatch(out); m != nil {
 		for _, s := range m[1:] {
 			n, _ := strconv.ParseInt(s, 10, 64)
-			r.SocketErrors += n
+			r.Errors += n
 		}
 	}
 	for _, m := range wrkLatencyRe.FindAllStringSubmatch(out, -1) {
@@ -99,7 +67,7 @@ func parseWrk(out, url string, conns int) (wrkResult, error) {
 func wrkDuration(num, unit string) time.Duration {
 	v, _ := strconv.ParseFloat(num, 64)
 	scale := map[string]time.Duration{"us": time.Microsecond, "ms": time.Millisecond, "s": time.Second, "m": time.Minute}[unit]
-	return time.Duration(v * float64(scale))
+	return time.Duration(math.Round(v * float64(scale)))
 }
 
 // writeRandomPathsScript writes a wrk Lua script that asks for a path
