@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"sort"
 	"strings"
 
@@ -172,17 +173,9 @@ func (s *store) purgeURLPrefix(prefix string) (int, error) {
 // decodePrefix decodes a URL path prefix segment by segment, with the
 // rules of a request's path: no encoded separator, no dot segments.
 func decodePrefix(prefix string) (string, error) {
-	rest, ok := strings.CutPrefix(prefix, "/")
-	if !ok {
+	segments, err := decodeSegments(prefix)
+	if err != nil || slices.Contains(segments, ".") || slices.Contains(segments, "..") {
 		return "", errBadPath
-	}
-	segments := strings.Split(rest, "/")
-	for i, seg := range segments {
-		decoded, err := decodeSegment(seg)
-		if err != nil || decoded == "." || decoded == ".." {
-			return "", errBadPath
-		}
-		segments[i] = decoded
 	}
 	return "/" + strings.Join(segments, "/"), nil
 }

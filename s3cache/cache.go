@@ -104,17 +104,17 @@ func firstByteWanted(header string) (first int64, suffix bool) {
 // serveThroughFill joins the fill of ckey, starting it if none runs, and
 // answers from whatever it turns out to be.
 func (h *Handler) serveThroughFill(w http.ResponseWriter, r *http.Request, ckey string, plan fillPlan) error {
-	word := cacheMiss
+	cacheStatus := cacheMiss
 	if plan.base != nil && !plan.fresh {
-		word = cacheExpired
+		cacheStatus = cacheExpired
 	}
 	if h.lockDisabled && h.store.inFlight(ckey) {
 		// Like proxy_cache_lock off: a concurrent request goes to S3
 		// on its own, and only the first one stores the object.
-		return h.serveFromOrigin(w, r, plan.objectKey, word)
+		return h.serveFromOrigin(w, r, plan.objectKey, cacheStatus)
 	}
 	if plan.base == nil && h.store.passing(ckey, time.Now()) {
-		return h.serveFromOrigin(w, r, plan.objectKey, word)
+		return h.serveFromOrigin(w, r, plan.objectKey, cacheStatus)
 	}
 	f, since, err := h.store.joinFill(ckey, h.fills, plan)
 	if err != nil {
@@ -129,27 +129,27 @@ func (h *Handler) serveThroughFill(w http.ResponseWriter, r *http.Request, ckey 
 
 	switch f.outcome {
 	case fillOpen:
-		status := f.word
+		status := f.cacheStatus
 		if plan.fresh {
 			// Found fresh: a HIT if every byte it sends is on disk,
 			// whoever started the fill it joined.
 			status = cacheHit
 		}
 		err := h.respondStored(w, r, &f.meta, status, fillBody{f: f, ctx: r.Context(), resume: h.resumer(r, plan.objectKey, f.meta.ETag), since: since})
-		return h.afterFillBody(w, r, plan, word, err)
+		return h.afterFillBody(w, r, plan, cacheStatus, err)
 	case fillNegative:
-		h.decorate(w, r, http.StatusNotFound, word, time.Now())
+		h.decorate(w, r, http.StatusNotFound, cacheStatus, time.Now())
 		return caddyhttp.Error(http.StatusNotFound, errCachedNotFound)
 	case fillFailed:
-		return h.staleOrFailure(w, r, plan.base, f.err, word)
+		return h.staleOrFailure(w, r, plan.base, f.err, cacheStatus)
 	default: // fillUncacheable
 		if isPlainGet(r) {
-			if resp := f.takeOver(); resp != nil {
+			if resp := f.takePassThrough(); resp != nil {
 				defer func() { resp.body.Close() }() // spooled by then
-				return h.respondOrigin(w, r, plan.objectKey, word, resp)
+				return h.respondOrigin(w, r, plan.objectKey, cacheStatus, resp)
 			}
 		}
-		return h.serveFromOrigin(w, r, plan.objectKey, word)
+		return h.serveFromOrigin(w, r, plan.objectKey, cacheStatus)
 	}
 }
 
@@ -169,7 +169,7 @@ func isPlainGet(r *http.Request) bool {
 // afterFillBody handles a response from a fill whose first bytes could
 // not be had: nothing has been written yet, so the client still gets a
 // status of its own.
-func (h *Handler) afterFillBody(w http.ResponseWriter, r *http.Request, plan fillPlan, word string, err error) error {
+func (h *Handler) afterFillBody(w http.ResponseWriter, r *http.Request, plan fillPlan, cacheStatus string, err error) error {
 	if !errors.Is(err, errEntryGone) {
 		return err
 	}
@@ -178,11 +178,11 @@ func (h *Handler) afterFillBody(w http.ResponseWriter, r *http.Request, plan fil
 		return nil
 	case errors.Is(err, errCorruptEntry), errors.Is(err, errObjectChanged), errors.Is(err, errCacheWrite):
 		// The entry went bad, or the object changed: S3 directly.
-		return h.serveFromOrigin(w, r, plan.objectKey, word)
+		return h.serveFromOrigin(w, r, plan.objectKey, cacheStatus)
 	default:
 		// The slice's fetch failed: the client gets the failure (or
 		// the stale copy) once, and S3 is not asked again for it.
-		return h.staleOrFailure(w, r, plan.base, asOriginError(err), word)
+		return h.staleOrFailure(w, r, plan.base, asOriginError(err), cacheStatus)
 	}
 }
 
@@ -203,13 +203,13 @@ func asOriginError(err error) error {
 
 // staleOrFailure answers a failed S3 fetch with the stale copy when
 // use_stale allows it, else with the failure's status.
-func (h *Handler) staleOrFailure(w http.ResponseWriter, r *http.Request, stale *entry, err error, word string) error {
+func (h *Handler) staleOrFailure(w http.ResponseWriter, r *http.Request, stale *entry, err error, cacheStatus string) error {
 	if stale != nil && stale.complete && h.fresh.staleOn.allows(err) {
 		if err := h.serveEntry(w, r, stale, cacheStale); !errors.Is(err, errEntryGone) {
 			return err
 		}
 	}
-	return h.originFailure(w, r, err, word)
+	return h.originFailure(w, r, err, cacheStatus)
 }
 
 // resumer returns how a reader of a fill reads part of the object from S3

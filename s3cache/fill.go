@@ -107,9 +107,9 @@ type fill struct {
 	outcome fillOutcome
 	meta    entryMeta // for fillOpen and fillNegative
 	err     error     // for fillFailed: why S3 could not be read
-	// word is the X-Cache-Status of the requests it serves: MISS,
+	// cacheStatus is the X-Cache-Status of the requests it serves: MISS,
 	// EXPIRED, REVALIDATED, or HIT for an entry found fresh.
-	word string
+	cacheStatus string
 
 	mu      sync.Mutex // guards the fields below
 	users   int        // requests holding the fill
@@ -138,8 +138,8 @@ type fill struct {
 
 	// passThrough, for fillUncacheable, is S3's answer holding the whole
 	// object, for one request to take over.
-	passThrough *originResponse
-	tookOver    bool
+	passThrough      *originResponse
+	passThroughTaken bool
 }
 
 // fillCursor is where one reader of a fill is: the byte it reads next and
@@ -282,7 +282,7 @@ func (f *fill) end() {
 	if f.file != nil {
 		f.file.Close()
 	}
-	if resp := f.takeOver(); resp != nil {
+	if resp := f.takePassThrough(); resp != nil {
 		resp.body.Close() // nobody wanted it whole
 	}
 	f.cancel()
@@ -356,7 +356,7 @@ func (f *fill) settle(outcome fillOutcome, err error) {
 }
 
 // publish makes the fill's entry available to its requests.
-func (f *fill) publish(word string) {
-	f.outcome, f.word = fillOpen, word
+func (f *fill) publish(cacheStatus string) {
+	f.outcome, f.cacheStatus = fillOpen, cacheStatus
 	close(f.ready)
 }

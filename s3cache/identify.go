@@ -124,7 +124,7 @@ func (f *fill) identified(plan fillPlan, req originRequest, resp *originResponse
 		// Like Varnish's hit-for-miss: the next requests for the key
 		// go straight to S3, without a first slice thrown away.
 		f.store.markPass(f.key, now.Add(passFor))
-		f.passOn(resp, start, size)
+		f.settleUncacheable(resp, start, size)
 		return
 	}
 	file, gen, err := f.store.createEntry(f, &m)
@@ -132,12 +132,12 @@ func (f *fill) identified(plan fillPlan, req originRequest, resp *originResponse
 		if errors.Is(err, errCacheWrite) {
 			f.rules.logger.Warn("cannot write to the cache; serving from S3 uncached", zap.Error(err))
 		}
-		f.passOn(resp, start, size)
+		f.settleUncacheable(resp, start, size)
 		return
 	}
-	word := cacheMiss
+	cacheStatus := cacheMiss
 	if plan.base != nil {
-		word = cacheExpired
+		cacheStatus = cacheExpired
 	}
 	table := sliceTable{present: make([]bool, m.sliceCount()), crcs: make([]uint32, m.blockCount())}
 	first, last := int64(0), int64(0) // the slices the response carries
@@ -154,7 +154,7 @@ func (f *fill) identified(plan fillPlan, req originRequest, resp *originResponse
 	// away to make room for bytes not asked for yet.
 	for k := first; k < last && f.reserveSlice(k); k++ {
 	}
-	f.publish(word)
+	f.publish(cacheStatus)
 	if last > first {
 		f.receive(first, last, resp.body)
 	} else {
@@ -169,12 +169,12 @@ func (f *fill) identified(plan fillPlan, req originRequest, resp *originResponse
 // passed straight to S3 before the cache tries it again.
 const passFor = time.Minute
 
-// passOn settles a fill whose object is not stored. When S3's answer
-// starts at the object's first byte, it is offered to one request that
-// wants the whole object (takeOver), as the first chunk of a pass-through
-// (spool.go), so an object the cache will not store is still fetched once;
-// the other requests ask S3 for what they need.
-func (f *fill) passOn(resp *originResponse, start, size int64) {
+// settleUncacheable settles a fill whose object is not stored. When S3's
+// answer starts at the object's first byte, it is offered to one request
+// that wants the whole object (takePassThrough), as the first chunk of a
+// pass-through (spool.go), so an object the cache will not store is still
+// fetched once; the other requests ask S3 for what they need.
+func (f *fill) settleUncacheable(resp *originResponse, start, size int64) {
 	if resp.body != nil && start == 0 {
 		if resp.status == http.StatusPartialContent {
 			widen(resp, "")
@@ -186,15 +186,15 @@ func (f *fill) passOn(resp *originResponse, start, size int64) {
 	f.settle(fillUncacheable, nil)
 }
 
-// takeOver hands the fill's S3 response to its caller, once; the caller
-// closes its body.
-func (f *fill) takeOver() *originResponse {
+// takePassThrough hands the fill's S3 response to its caller, once; the
+// caller closes its body.
+func (f *fill) takePassThrough() *originResponse {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.passThrough == nil || f.tookOver {
+	if f.passThrough == nil || f.passThroughTaken {
 		return nil
 	}
-	f.tookOver = true
+	f.passThroughTaken = true
 	return f.passThrough
 }
 
@@ -252,7 +252,7 @@ func rangeSpec(off, n int64) string {
 
 // openEntry opens the fill on an indexed entry, whose missing slices it
 // fetches as readers need them.
-func (f *fill) openEntry(e entry, word string) error {
+func (f *fill) openEntry(e entry, cacheStatus string) error {
 	file, err := os.OpenFile(e.path, os.O_RDWR, 0)
 	if err != nil {
 		f.store.forget(&e)
@@ -273,7 +273,7 @@ func (f *fill) openEntry(e entry, word string) error {
 		f.verdict = verdictVerified
 		f.mu.Unlock()
 	}
-	f.publish(word)
+	f.publish(cacheStatus)
 	f.checkComplete()
 	return nil
 }

@@ -77,9 +77,6 @@ func (o *limitedOrigin) acquire(ctx context.Context, req originRequest) error {
 
 func (o *limitedOrigin) release() { <-o.slots }
 
-// inFlight is the number of slots taken, for the metrics.
-func (o *limitedOrigin) inFlight() int { return len(o.slots) }
-
 // slotBody gives the slot back when the body is closed, once: at once for
 // a body read to its end, after closedEarlyGrace for one cut short.
 type slotBody struct {

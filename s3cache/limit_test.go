@@ -32,7 +32,7 @@ func TestLimitedOriginHoldsSlotsUntilBodiesClose(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := lo.inFlight(); got != 2 {
+	if got := len(lo.slots); got != 2 {
 		t.Fatalf("in flight = %d, want 2", got)
 	}
 
@@ -55,12 +55,12 @@ func TestLimitedOriginHoldsSlotsUntilBodiesClose(t *testing.T) {
 	if got, _ := io.ReadAll(first.body); !bytes.Equal(got, data) {
 		t.Fatal("first body differs")
 	}
-	if got := lo.inFlight(); got != 2 {
+	if got := len(lo.slots); got != 2 {
 		t.Fatalf("in flight after reading (not closing) = %d, want 2", got)
 	}
 	first.body.Close()
 	first.body.Close()
-	if got := lo.inFlight(); got != 1 {
+	if got := len(lo.slots); got != 1 {
 		t.Fatalf("in flight after closing one body twice = %d, want 1", got)
 	}
 	third, err := lo.fetch(ctx, req)
@@ -72,14 +72,14 @@ func TestLimitedOriginHoldsSlotsUntilBodiesClose(t *testing.T) {
 	io.ReadAll(third.body)
 	third.body.Close()
 	second.body.Close()
-	if got := lo.inFlight(); got != 1 {
+	if got := len(lo.slots); got != 1 {
 		t.Fatalf("in flight right after closing one body read to its end and one cut short = %d, want 1", got)
 	}
 	deadline := time.Now().Add(closedEarlyGrace + 2*time.Second)
-	for lo.inFlight() != 0 && time.Now().Before(deadline) {
+	for len(lo.slots) != 0 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	if got := lo.inFlight(); got != 0 {
+	if got := len(lo.slots); got != 0 {
 		t.Fatalf("in flight after the grace = %d, want 0", got)
 	}
 }

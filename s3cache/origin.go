@@ -194,24 +194,7 @@ func (o *s3Origin) close() {
 
 func (o *s3Origin) fetch(ctx context.Context, req originRequest) (*originResponse, error) {
 	ctx, cancel := context.WithCancel(ctx)
-	if req.head {
-		defer cancel()
-		out, err := o.client.HeadObject(ctx, &s3.HeadObjectInput{
-			Bucket:            &o.bucket,
-			Key:               &req.key,
-			Range:             optional(req.rangeSpec),
-			IfNoneMatch:       optional(req.ifNoneMatch),
-			IfMatch:           optional(req.ifMatch),
-			IfModifiedSince:   optionalTime(req.ifModifiedSince),
-			IfUnmodifiedSince: optionalTime(req.ifUnmodifiedSince),
-		})
-		if err != nil {
-			return answerOrError("HeadObject", err)
-		}
-		return rawResponse("HeadObject", out.ResultMetadata, nil)
-	}
-
-	out, err := o.client.GetObject(ctx, &s3.GetObjectInput{
+	in := &s3.GetObjectInput{
 		Bucket:            &o.bucket,
 		Key:               &req.key,
 		Range:             optional(req.rangeSpec),
@@ -219,7 +202,18 @@ func (o *s3Origin) fetch(ctx context.Context, req originRequest) (*originRespons
 		IfMatch:           optional(req.ifMatch),
 		IfModifiedSince:   optionalTime(req.ifModifiedSince),
 		IfUnmodifiedSince: optionalTime(req.ifUnmodifiedSince),
-	})
+	}
+	if req.head {
+		defer cancel()
+		out, err := o.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: in.Bucket, Key: in.Key, Range: in.Range,
+			IfNoneMatch: in.IfNoneMatch, IfMatch: in.IfMatch, IfModifiedSince: in.IfModifiedSince, IfUnmodifiedSince: in.IfUnmodifiedSince})
+		if err != nil {
+			return answerOrError("HeadObject", err)
+		}
+		return rawResponse("HeadObject", out.ResultMetadata, nil)
+	}
+
+	out, err := o.client.GetObject(ctx, in)
 	if err != nil {
 		cancel()
 		return answerOrError("GetObject", err)
@@ -379,4 +373,21 @@ func (b *idleTimeoutBody) Close() error {
 	err := b.ReadCloser.Close()
 	b.cancel()
 	return err
+}
+
+// bodyFailureReason describes a body read error without its text, which
+// may carry the endpoint address.
+func bodyFailureReason(err error) string {
+	switch {
+	case errors.Is(err, errCorruptEntry):
+		return "cache entry failed its checksum; entry removed"
+	case errors.Is(err, errETagMismatch):
+		return "S3's body does not match its ETag (MD5); not stored (etag_check off if this store's ETags are not MD5s)"
+	case isTimeout(err), errors.Is(err, context.Canceled):
+		return "stalled past read_timeout, or canceled"
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return "connection closed before the end of the object"
+	default:
+		return transportReason(err)
+	}
 }

@@ -71,17 +71,9 @@ func rawPath(u *url.URL) string {
 // ("/system" matches "/system/a.png", not "/systemd/a.png"); it is removed
 // before the object path is returned.
 func objectPathOf(raw, stripPrefix string) (string, error) {
-	rest, ok := strings.CutPrefix(raw, "/")
-	if !ok {
-		return "", errBadPath
-	}
-	segments := strings.Split(rest, "/")
-	for i, seg := range segments {
-		decoded, err := decodeSegment(seg)
-		if err != nil {
-			return "", err
-		}
-		segments[i] = decoded
+	segments, err := decodeSegments(raw)
+	if err != nil {
+		return "", err
 	}
 	if stripPrefix != "" {
 		for _, want := range strings.Split(strings.TrimPrefix(stripPrefix, "/"), "/") {
@@ -105,6 +97,24 @@ func objectPathOf(raw, stripPrefix string) (string, error) {
 		}
 	}
 	return strings.Join(segments, "/"), nil
+}
+
+// decodeSegments cuts a path as sent on the wire, which must start with
+// "/", at its slashes, and decodes each segment (see decodeSegment).
+func decodeSegments(raw string) ([]string, error) {
+	rest, ok := strings.CutPrefix(raw, "/")
+	if !ok {
+		return nil, errBadPath
+	}
+	segments := strings.Split(rest, "/")
+	for i, seg := range segments {
+		decoded, err := decodeSegment(seg)
+		if err != nil {
+			return nil, err
+		}
+		segments[i] = decoded
+	}
+	return segments, nil
 }
 
 // decodeSegment decodes one path segment, refusing what a segment must

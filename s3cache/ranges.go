@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // byteRange is one satisfiable range of a body: length bytes from start.
@@ -178,4 +179,15 @@ func etagListMatches(list, etag string, strong bool) bool {
 		}
 	}
 	return false
+}
+
+func parseHTTPDate(v string) time.Time {
+	if v == "" {
+		return time.Time{}
+	}
+	t, err := http.ParseTime(v)
+	if err != nil {
+		return time.Time{} // an invalid date is ignored, as RFC 9110 says
+	}
+	return t
 }

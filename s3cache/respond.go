@@ -407,3 +407,18 @@ func randomBoundary() string {
 	_, _ = rand.Read(b[:])
 	return hex.EncodeToString(b[:])
 }
+
+// readErrorRecorder remembers a read error so a failed copy can be blamed
+// on the right side: S3 (abort the client) or the client (just stop).
+type readErrorRecorder struct {
+	r   io.Reader
+	err error
+}
+
+func (rr *readErrorRecorder) Read(p []byte) (int, error) {
+	n, err := rr.r.Read(p)
+	if err != nil && err != io.EOF {
+		rr.err = err
+	}
+	return n, err
+}

@@ -77,39 +77,32 @@ func (s *store) diskLocked() int64 {
 // promised plus extra bytes fit under max_size, and returns their files,
 // which the caller removes with removeFiles once the lock is released.
 func (s *store) evictUntilUnderLocked(extra int64) []doomedFile {
-	var doomed []doomedFile
-	skips := 0
-	for back := s.lru.Back(); back != nil && s.diskLocked()+extra > s.limits.maxBytes; {
-		e := back.Value.(*entry)
-		back = back.Prev()
-		if e.pins > 0 {
-			if skips++; skips > maxPinnedSkips {
-				break
-			}
-			continue
-		}
-		if _, ok := s.removeLocked(e.meta.Key); ok {
-			doomed = append(doomed, doomedOf(e))
-			s.stats.evictions++
-		}
-	}
-	return doomed
+	return s.evictLocked(func() bool { return s.diskLocked()+extra > s.limits.maxBytes })
 }
 
 // trimLocked drops entries while the index holds more than max_entries:
 // negative entries first, then the least recently used ones. It returns
 // the files to remove once the lock is released.
 func (s *store) trimLocked() []doomedFile {
-	var doomed []doomedFile
-	skips := 0
-	for back := s.lru.Back(); len(s.entries)+len(s.negatives.byKey) > s.limits.maxEntries; {
-		if last := s.negatives.lru.Back(); last != nil {
-			s.removeNegativeLocked(last.Value.(*negativeEntry))
-			continue
-		}
-		if back == nil {
+	over := func() bool { return len(s.entries)+len(s.negatives.byKey) > s.limits.maxEntries }
+	for over() {
+		last := s.negatives.lru.Back()
+		if last == nil {
 			break
 		}
+		s.removeNegativeLocked(last.Value.(*negativeEntry))
+	}
+	return s.evictLocked(over)
+}
+
+// evictLocked drops least-recently-used entries while over reports the
+// store past a limit, passing over pinned ones (at most maxPinnedSkips of
+// them), and returns their files for the caller to remove once the lock
+// is released.
+func (s *store) evictLocked(over func() bool) []doomedFile {
+	var doomed []doomedFile
+	skips := 0
+	for back := s.lru.Back(); back != nil && over(); {
 		e := back.Value.(*entry)
 		back = back.Prev()
 		if e.pins > 0 {
