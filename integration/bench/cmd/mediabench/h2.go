@@ -28,7 +28,7 @@ func (b *bench) h2Hits(ctx context.Context) error {
 	for _, streams := range streamCounts {
 		l := load{tls: true, streams: streams}
 		long, short := how(streams)
-		hit := "h2 end to end, hot HIT 50 KB, " + long + ": one Caddy vs two nginx"
+		hit := h2HitName(long)
 		if err := b.throughput(ctx, row{Scenario: hit, Label: "h2, HIT 50 KB, " + short}, l, []object{b.cat.hot50k}, ratioAtLeast(1.1)); err != nil {
 			return err
 		}
@@ -72,6 +72,12 @@ func (b *bench) h2Hits(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// h2HitName is the name of the 50 KB hit's row over h2, for how (the
+// connections and streams).
+func h2HitName(how string) string {
+	return "h2 end to end, hot HIT 50 KB, " + how + ": one Caddy vs two nginx"
 }
 
 // shareOfRespond adds the row of the hit named hit as a share of Caddy's

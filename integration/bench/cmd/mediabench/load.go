@@ -10,17 +10,22 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/s3mediacache/caddy-s3-media-cache/integration/bench/h3load"
 )
 
 // load is how a throughput scenario drives a server: wrk over HTTP/1.1,
-// or h2load over HTTP/2, which is what browsers speak to a media host.
+// h2load over HTTP/2, which is what browsers speak to a media host, or
+// package h3load over HTTP/3.
 type load struct {
 	// tls sends the requests to the server's TLS address.
 	tls bool
-	// streams, when set, drives the server with h2load over HTTP/2, that
-	// many requests in flight on each connection (h2load -m); unset,
-	// with wrk over HTTP/1.1, one request at a time on each connection.
+	// streams, when set, drives the server with h2load over HTTP/2 (or,
+	// with h3, h3load over HTTP/3), that many requests in flight on each
+	// connection (h2load -m); unset, with wrk over HTTP/1.1, one request
+	// at a time on each connection.
 	streams int
+	h3      bool
 	// path is what every request asks for, unless script or paths pick
 	// the paths instead: script is wrk's Lua script, paths are what each
 	// h2load connection asks for in turn.
@@ -29,16 +34,12 @@ type load struct {
 	paths  []string
 }
 
-func (l load) String() string {
-	if l.streams == 0 {
-		return "HTTP/1.1 (wrk)"
-	}
-	return fmt.Sprintf("h2, %d stream%s per connection (h2load)", l.streams, plural(l.streams))
-}
-
 // tool is the load generator's name.
 func (l load) tool() string {
-	if l.streams == 0 {
+	switch {
+	case l.h3:
+		return "h3load"
+	case l.streams == 0:
 		return "wrk"
 	}
 	return "h2load"
@@ -100,8 +101,8 @@ func (r loadResult) failures() string {
 	if r.Non2xx > 0 || r.Errors > 0 {
 		wrong = append(wrong, fmt.Sprintf("%d not 2xx, %d errors", r.Non2xx, r.Errors))
 	}
-	if r.Tool == "h2load" && r.Protocol != "h2" {
-		wrong = append(wrong, fmt.Sprintf("protocol %q, want h2", r.Protocol))
+	if want := map[string]string{"h2load": "h2", "h3load": "HTTP/3.0"}[r.Tool]; r.Protocol != want && want != "" {
+		wrong = append(wrong, fmt.Sprintf("protocol %q, want %s", r.Protocol, want))
 	}
 	if len(wrong) == 0 {
 		return ""
@@ -124,6 +125,12 @@ func (b *bench) runLoad(ctx context.Context, l load, base string, d time.Duratio
 	}
 	if l.script != "" {
 		return loadResult{}, errors.New("a wrk script cannot drive h2load; give it the paths")
+	}
+	if l.h3 {
+		if l.paths != nil {
+			return loadResult{}, errors.New("h3load asks for one path")
+		}
+		return b.runH3load(ctx, l, base, d)
 	}
 	// A warm-up even in quick mode: with 256 answers of 1 MB in flight
 	// and nothing counted until the first ones end, a one-second run on a
@@ -160,4 +167,21 @@ func (b *bench) writeURLList(base string, paths []string) (string, error) {
 		return "", fmt.Errorf("writing h2load's list of URLs: %w", err)
 	}
 	return file, nil
+}
+
+// runH3load drives the server at base over HTTP/3 from this process,
+// which runs on the load core, with the same connections, streams and
+// warm-up as h2load would.
+func (b *bench) runH3load(ctx context.Context, l load, base string, d time.Duration) (loadResult, error) {
+	o := h3load.Options{URL: base + l.path, Connections: b.cfg.connections, Streams: l.streams,
+		WarmUp: max(b.cfg.warmup, time.Second), Duration: d, TLS: b.tlsConfig}
+	res, err := h3load.Run(ctx, o)
+	r := loadResult{Tool: "h3load", URL: o.URL, Connections: o.Connections, Streams: o.Streams, Protocol: res.Protocol,
+		WarmUp: o.WarmUp, Duration: res.Duration, Requests: res.Requests, RequestsPerSec: res.RequestsPerSec,
+		Non2xx: res.Non2xx, Errors: res.Errors, Latency: map[string]time.Duration{},
+		Output: fmt.Sprintf("%d answers, %d body bytes, %d not 2xx, %d errors", res.Requests, res.BodyBytes, res.Non2xx, res.Errors)}
+	if err != nil {
+		return r, fmt.Errorf("h3load on %s: %w", o.URL, err)
+	}
+	return r, nil
 }

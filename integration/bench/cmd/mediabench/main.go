@@ -14,7 +14,9 @@
 // The h2 scenarios (issue 14) drive the hot hits over HTTP/2, as browsers
 // fetch a media host, with one and with eight requests in flight on each
 // connection, through the TLS nginx (which speaks h2) and Caddy's TLS
-// site, beside Caddy's own respond over h2.
+// site, beside Caddy's own respond over h2. The h3 scenarios drive our
+// hit and Caddy's respond over HTTP/3 (package h3load, from this
+// process), without nginx: Debian's nginx 1.22 has no HTTP/3.
 //
 // The scenarios of issue 11 (sliced fills) count the bytes of S3's
 // response bodies each server was sent, at its throttling proxy: a storm
@@ -157,7 +159,7 @@ func parseFlags(args []string) (config, error) {
 	fs.Var((*optionLines)(&cfg.caddyOptions), "caddy-option",
 		"an extra line for our Caddy's s3_media_cache block, such as 'slice 512KiB' or 'fill_parallel 8'; repeatable")
 	fs.StringVar(&cfg.rerender, "rerender", "", "draw table.md and chart.svg again from this results.json, beside it, and run nothing")
-	only := fs.String("only", "", "run only the scenarios whose name matches this regular expression (tls, plain, working set, h2, stampede, miss, memory, restart, "+
+	only := fs.String("only", "", "run only the scenarios whose name matches this regular expression (tls, plain, working set, h2, h3, stampede, miss, memory, restart, "+
 		"disconnect storm, cold HEAD and Range 0-0, cold suffix Range, cold ffprobe, slow first byte); the warm-up always runs")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"encoding/xml"
 	"go/ast"
 	"go/constant"
@@ -194,10 +195,12 @@ func TestQuickModeShrinksTheRun(t *testing.T) {
 		t.Error("-only selects the wrong scenarios")
 	}
 	for _, tc := range []struct {
-		only             string
-		h2, tls, working bool
+		only                 string
+		h2, h3, tls, working bool
 	}{
 		{only: "h2", h2: true},
+		{only: "h3", h3: true},
+		{only: "h2|h3", h2: true, h3: true},
 		{only: "tls", tls: true},
 		{only: "working set", working: true},
 	} {
@@ -205,9 +208,9 @@ func TestQuickModeShrinksTheRun(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if cfg.selected(h2Scenarios) != tc.h2 || cfg.selected("hot HIT over TLS") != tc.tls || cfg.selected("working set") != tc.working {
-			t.Errorf("-only %q: h2 %v, TLS %v, working set %v; want %v, %v, %v", tc.only,
-				cfg.selected(h2Scenarios), cfg.selected("hot HIT over TLS"), cfg.selected("working set"), tc.h2, tc.tls, tc.working)
+		got := [4]bool{cfg.selected(h2Scenarios), cfg.selected(h3Scenarios), cfg.selected("hot HIT over TLS"), cfg.selected("working set")}
+		if want := [4]bool{tc.h2, tc.h3, tc.tls, tc.working}; got != want {
+			t.Errorf("-only %q: h2, h3, TLS, working set selected: %v, want %v", tc.only, got, want)
 		}
 	}
 }
@@ -267,13 +270,53 @@ func TestTemplatesRenderValidConfigs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if text, _ := os.ReadFile(caddyfile); !strings.Contains(string(text), "\t\tinactive 48h\n\t\tslice 512KiB\n\t\tfill_parallel 8\n\t}") {
+	text, _ := os.ReadFile(caddyfile)
+	if !strings.Contains(string(text), "\t\tinactive 48h\n\t\tslice 512KiB\n\t\tfill_parallel 8\n\t}") {
 		t.Errorf("the options are not lines of the s3_media_cache block:\n%s", text)
+	}
+	if strings.Contains(string(text), "h3") {
+		t.Errorf("HTTP/3 is on without the h3 scenarios:\n%s", text)
+	}
+	h3file := filepath.Join(dir, "Caddyfile-h3")
+	err = render("Caddyfile.tmpl", caddyConfig{
+		Admin: "127.0.0.1:12019", HTTP: "127.0.0.1:18082", TLS: "127.0.0.1:18444", Bucket: bucket,
+		Endpoint: "http://127.0.0.1:18081", Root: dir, CacheDir: filepath.Join(dir, "caddy-cache"), Cert: certPath, Key: keyPath,
+		H3: "127.0.0.1:18445", FloorH3: "127.0.0.1:18446", FloorBody: "xx",
+	}, h3file)
+	if err != nil {
+		t.Fatal(err)
 	}
 	caddy, _ := filepath.Abs("../../../../caddy")
 	if _, err := os.Stat(caddy); err == nil {
 		if out, err := exec.Command(caddy, "adapt", "--validate", "--adapter", "caddyfile", "--config", caddyfile).CombinedOutput(); err != nil {
 			t.Errorf("caddy adapt --validate rejects the Caddyfile: %v\n%s", err, out)
+		}
+		// HTTP/3 on the two h3 sites alone, bound to loopback.
+		out, err := exec.Command(caddy, "adapt", "--validate", "--adapter", "caddyfile", "--config", h3file).Output()
+		if err != nil {
+			t.Fatalf("caddy adapt --validate rejects the Caddyfile with h3 sites: %v", err)
+		}
+		var config struct {
+			Apps struct {
+				HTTP struct {
+					Servers map[string]struct {
+						Listen    []string `json:"listen"`
+						Protocols []string `json:"protocols"`
+					} `json:"servers"`
+				} `json:"http"`
+			} `json:"apps"`
+		}
+		if err := json.Unmarshal(out, &config); err != nil {
+			t.Fatal(err)
+		}
+		h3 := map[string]bool{}
+		for _, srv := range config.Apps.HTTP.Servers {
+			if slices.Contains(srv.Protocols, "h3") {
+				h3[strings.Join(srv.Listen, ",")] = true
+			}
+		}
+		if want := map[string]bool{"127.0.0.1:18445": true, "127.0.0.1:18446": true}; !maps.Equal(h3, want) {
+			t.Errorf("servers speaking h3: %v, want %v", h3, want)
 		}
 		fills, err := readFillSettings(t.Context(), caddy, caddyfile, nil)
 		if err != nil || fills.SliceBytes != 512<<10 || fills.Parallel != 8 || fills.AheadBytes != defaultFillAhead {

@@ -16,6 +16,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/quic-go/quic-go/http3"
+
 	"github.com/s3mediacache/caddy-s3-media-cache/integration/bench/throttle"
 	"github.com/s3mediacache/caddy-s3-media-cache/integration/s3test"
 )
@@ -43,11 +45,17 @@ type bench struct {
 	caddyLog   string
 	// fills is how our Caddy's fills are configured.
 	fills fillSettings
-	addr  struct{ nginxHTTP, nginxTLS, caddyHTTP, caddyTLS, caddyAdmin, caddyFloor, caddyFloorTLS string }
+	addr  struct {
+		nginxHTTP, nginxTLS, caddyHTTP, caddyTLS, caddyAdmin, caddyFloor, caddyFloorTLS string
+		// caddyH3 and caddyFloorH3 are set only when the h3 scenarios run.
+		caddyH3, caddyFloorH3 string
+	}
 
 	// client trusts the bench's certificate and keeps connections alive;
-	// it speaks HTTP/1.1, h2Client HTTP/2.
-	client, h2Client *http.Client
+	// it speaks HTTP/1.1, h2Client HTTP/2 and h3Client HTTP/3.
+	client, h2Client, h3Client *http.Client
+	// tlsConfig is their TLS configuration.
+	tlsConfig *tls.Config
 
 	// quietLeft is what remains of the run's budget for waiting until
 	// other processes leave the cores alone.
@@ -94,6 +102,7 @@ func run(ctx context.Context, cfg config) error {
 		{"hot HIT over plain HTTP", b.plainHits},
 		{"working set", b.workingSet},
 		{h2Scenarios, b.h2Hits},
+		{h3Scenarios, b.h3Hits},
 		{"stampede", b.stampedes},
 		{"single cold MISS", b.singleMiss},
 		{"memory", b.memory},
@@ -269,11 +278,17 @@ func (b *bench) startServers(ctx context.Context) error {
 	b.client = newClient(pool)
 	b.h2Client = newClient(pool)
 	b.h2Client.Transport.(*http.Transport).ForceAttemptHTTP2 = true
+	b.tlsConfig = b.client.Transport.(*http.Transport).TLSClientConfig
+	b.h3Client = &http.Client{Timeout: 2 * time.Minute, Transport: &http3.Transport{TLSClientConfig: b.tlsConfig.Clone(), DisableCompression: true}}
 	root := filepath.Join(b.work, "root") // the recipe's root: empty, tried first
 	if err := os.MkdirAll(root, 0o755); err != nil {
 		return err
 	}
-	for _, a := range []*string{&b.addr.nginxHTTP, &b.addr.nginxTLS, &b.addr.caddyHTTP, &b.addr.caddyTLS, &b.addr.caddyAdmin, &b.addr.caddyFloor, &b.addr.caddyFloorTLS} {
+	addrs := []*string{&b.addr.nginxHTTP, &b.addr.nginxTLS, &b.addr.caddyHTTP, &b.addr.caddyTLS, &b.addr.caddyAdmin, &b.addr.caddyFloor, &b.addr.caddyFloorTLS}
+	if b.cfg.selected(h3Scenarios) {
+		addrs = append(addrs, &b.addr.caddyH3, &b.addr.caddyFloorH3)
+	}
+	for _, a := range addrs {
 		if *a, err = freeAddr(); err != nil {
 			return err
 		}
@@ -308,6 +323,7 @@ func (b *bench) startServers(ctx context.Context) error {
 		Bucket: bucket, Endpoint: b.caddyS3.URL(), Root: root,
 		CacheDir: filepath.Join(b.work, "caddy-cache"), Cert: certPath, Key: keyPath,
 		Floor: b.addr.caddyFloor, FloorTLS: b.addr.caddyFloorTLS, FloorBody: strings.Repeat("x", int(b.cat.hot50k.size)),
+		H3: b.addr.caddyH3, FloorH3: b.addr.caddyFloorH3,
 		Options: b.cfg.caddyOptions,
 	}, b.caddyConf)
 	if err != nil {
@@ -350,6 +366,9 @@ func (b *bench) close() {
 		if p != nil {
 			_ = p.Close()
 		}
+	}
+	if b.h3Client != nil {
+		_ = b.h3Client.Transport.(*http3.Transport).Close()
 	}
 	if b.gateway != nil {
 		_ = b.gateway.Close()

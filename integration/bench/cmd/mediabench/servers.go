@@ -67,7 +67,12 @@ type caddyConfig struct {
 	// bytes as the 50 KB object, sent by Caddy's own respond handler, the
 	// floor any handler in Caddy starts from.
 	Floor, FloorTLS string
-	FloorBody       string
+	// H3 and FloorH3 (127.0.0.1:port), when set, are the media site and
+	// the respond site again, speaking HTTP/3 too: on sites of their own,
+	// so that no other answer carries the Alt-Svc header Caddy adds
+	// where it serves h3, which the recipe's nginx does not send.
+	H3, FloorH3 string
+	FloorBody   string
 	// Options are extra lines of the s3_media_cache block (-caddy-option).
 	Options []string
 }
