@@ -273,8 +273,8 @@ func fillLimitArg(d *caddyfile.Dispenser) (int, error) {
 	return n, nil
 }
 
-// countArg reads a count. The Caddyfile writes counts, sizes and durations
-// as positive values: in JSON, zero means the option's default and -1 its
+// countArg reads a count. The Caddyfile writes counts and durations as
+// positive values: in JSON, zero means the option's default and -1 its
 // "off", which the Caddyfile spells by leaving the option out or writing
 // off.
 func countArg(d *caddyfile.Dispenser) (int, error) {
