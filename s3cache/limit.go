@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -83,13 +84,16 @@ type slotBody struct {
 	io.ReadCloser
 	once    sync.Once
 	release func()
-	ended   bool
+	// ended is set by Read, and read by Close, which may come from
+	// another goroutine while a Read is blocked (closing the body is how
+	// a spooled chunk's reader is stopped).
+	ended atomic.Bool
 }
 
 func (b *slotBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	if err == io.EOF {
-		b.ended = true
+		b.ended.Store(true)
 	}
 	return n, err
 }
@@ -97,7 +101,7 @@ func (b *slotBody) Read(p []byte) (int, error) {
 func (b *slotBody) Close() error {
 	err := b.ReadCloser.Close()
 	b.once.Do(func() {
-		if b.ended {
+		if b.ended.Load() {
 			b.release()
 		} else {
 			time.AfterFunc(closedEarlyGrace, b.release)
