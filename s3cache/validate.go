@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"math"
 	"strings"
+
+	"github.com/caddyserver/caddy/v2"
 )
 
 // Validate rejects a configuration that cannot work, naming the option
@@ -79,8 +81,17 @@ func (h *Handler) checkLimits() error {
 		return errors.New("inactive must not be negative")
 	case h.MaxEntries < 0 || h.MaxEntries > math.MaxInt32:
 		return fmt.Errorf("max_entries must be between 1 and %d", math.MaxInt32)
-	case h.ConnectTimeout < 0 || h.FirstByteTimeout < 0 || h.ReadTimeout < 0 || h.FillQueueTimeout < 0:
-		return errors.New("timeouts must not be negative")
+	}
+	for _, timeout := range []struct {
+		option string
+		d      caddy.Duration
+	}{
+		{"connect_timeout", h.ConnectTimeout}, {"first_byte_timeout", h.FirstByteTimeout},
+		{"read_timeout", h.ReadTimeout}, {"fill_queue_timeout", h.FillQueueTimeout},
+	} {
+		if timeout.d < 0 {
+			return fmt.Errorf("%s must not be negative", timeout.option)
+		}
 	}
 	_, err := parseLevels(cmp.Or(h.Levels, defaultLevels))
 	return err
