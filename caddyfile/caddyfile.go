@@ -68,6 +68,7 @@ func parseDirective(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		slice <size>
 //		fill_ahead <size>
 //		fill_parallel <n>
+//		memory_cache <size>|off
 //		max_concurrent_fills <n>|off
 //		fill_queue_timeout <duration>
 //		etag_check on|off
@@ -156,6 +157,8 @@ func Unmarshal(d *caddyfile.Dispenser, h *s3cache.Handler) error {
 			h.FillAhead, err = sizeArg(d)
 		case "fill_parallel":
 			h.FillParallel, err = countArg(d)
+		case "memory_cache":
+			h.MemoryCache, err = sizeOrOffArg(d)
 		case "max_concurrent_fills":
 			h.MaxConcurrentFills, err = fillLimitArg(d)
 		case "fill_queue_timeout":
@@ -241,6 +244,24 @@ func onOffArg(d *caddyfile.Dispenser) (*bool, error) {
 		return new(false), nil
 	}
 	return nil, d.Errf("s3_media_cache: %s: want on or off, got %q", option, v)
+}
+
+// sizeOrOffArg reads a positive size, or off (-1 in JSON, where 0 means
+// the default).
+func sizeOrOffArg(d *caddyfile.Dispenser) (int64, error) {
+	option := d.Val()
+	v, err := oneArg(d)
+	if err != nil {
+		return 0, err
+	}
+	if v == "off" {
+		return -1, nil
+	}
+	n, err := parseSize(v)
+	if err != nil || n <= 0 {
+		return 0, d.Errf("s3_media_cache: %s: invalid value %q (want a size such as 32MiB, or off)", option, v)
+	}
+	return n, nil
 }
 
 func sizeArg(d *caddyfile.Dispenser) (int64, error) {

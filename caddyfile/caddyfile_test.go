@@ -87,6 +87,7 @@ func TestUnmarshalCacheOptions(t *testing.T) {
 		lock off
 		lock_timeout 10s
 		max_concurrent_fills 16
+		memory_cache 64MiB
 		fill_queue_timeout 2s
 		etag_check off
 		valid 200 304 48h
@@ -112,6 +113,7 @@ func TestUnmarshalCacheOptions(t *testing.T) {
 		Lock:               new(false),
 		LockTimeout:        caddy.Duration(10 * time.Second),
 		MaxConcurrentFills: 16,
+		MemoryCache:        64 << 20,
 		FillQueueTimeout:   caddy.Duration(2 * time.Second),
 		ETagCheck:          new(false),
 		Valid:              map[string]caddy.Duration{"200": caddy.Duration(48 * time.Hour), "304": caddy.Duration(48 * time.Hour), "404": 0},
@@ -159,6 +161,8 @@ func TestUnmarshalErrorsNameLineAndOption(t *testing.T) {
 		{"zero fills", "s3_media_cache {\n\tbucket a\n\tmax_concurrent_fills 0\n}", []string{"Testfile:3", "max_concurrent_fills", `"0"`}},
 		{"zero count", "s3_media_cache {\n\tbucket a\n\tfill_parallel 0\n}", []string{"Testfile:3", "fill_parallel", `"0"`}},
 		{"bad fills", "s3_media_cache {\n\tbucket a\n\tmax_concurrent_fills many\n}", []string{"Testfile:3", "max_concurrent_fills", `"many"`}},
+		{"bad memory_cache", "s3_media_cache {\n\tbucket a\n\tmemory_cache lots\n}", []string{"Testfile:3", "memory_cache", `"lots"`}},
+		{"zero memory_cache", "s3_media_cache {\n\tbucket a\n\tmemory_cache 0\n}", []string{"Testfile:3", "memory_cache", "or off"}},
 		{"bad lock", "s3_media_cache {\n\tbucket a\n\tlock sometimes\n}", []string{"Testfile:3", "lock", "on or off"}},
 		{"purge_header without secret", "s3_media_cache {\n\tbucket a\n\tpurge_header X-Secret\n}", []string{"Testfile:3", "purge_header takes a header name and a secret"}},
 		{"option with a block", "s3_media_cache {\n\tbucket a {\n\t\tx\n\t}\n}", []string{"bucket does not take a block"}},
@@ -298,5 +302,15 @@ func TestOptionWordsAreTheJSONFieldNames(t *testing.T) {
 	delete(fields, "site")
 	for name := range fields {
 		t.Errorf("the JSON field %s has no Caddyfile option of that name", name)
+	}
+}
+
+func TestMemoryCacheOff(t *testing.T) {
+	var got s3cache.Handler
+	if err := Unmarshal(caddyfile.NewTestDispenser("s3_media_cache {\n\tbucket b\n\tmemory_cache off\n}"), &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.MemoryCache != -1 {
+		t.Fatalf("memory_cache off: %d in JSON, want -1", got.MemoryCache)
 	}
 }

@@ -256,6 +256,17 @@ func (h *Handler) serveEntry(w http.ResponseWriter, r *http.Request, e *entry, c
 		return err
 	}
 	body := &checkedBody{f: file.f, entry: e, store: h.store}
+	if r.Method == http.MethodGet {
+		// The file is still the one whose blocks were checked (above):
+		// a body kept in memory from it is the file's.
+		b, err := h.memoryBody(e, body)
+		if err != nil {
+			return fmt.Errorf("%w: %w", errEntryGone, err)
+		}
+		if b != nil {
+			return h.respondStored(w, r, &e.meta, cacheStatus, b)
+		}
+	}
 	return h.respondStored(w, r, &e.meta, cacheStatus, body)
 }
 

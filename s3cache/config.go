@@ -141,6 +141,12 @@ type Handler struct {
 	// come faster than one connection to S3 carries it. Default: 8.
 	FillParallel int `json:"fill_parallel,omitempty"`
 
+	// Bytes of small bodies (up to 256KiB each) this site keeps in
+	// memory for hits that pass the body through the process (TLS,
+	// HTTP/2, HTTP/3), so they skip the file read and its checks. -1
+	// turns it off. Default: 32MiB.
+	MemoryCache int64 `json:"memory_cache,omitempty"`
+
 	// Most S3 requests this handler has in flight at once: fills,
 	// pass-throughs and revalidations, each counted until its body is
 	// read. It bounds what a scan of distinct cold keys can cost. -1
@@ -259,6 +265,7 @@ type Handler struct {
 	lockTimeout    time.Duration
 	lockDisabled   bool
 	fills          *fillRules   // for the fills this handler starts
+	memory         *memTier     // small bodies for hits that cannot use sendfile; nil when off
 	spoolBudget    *spoolBudget // memory for pass-through chunks (spool.go)
 	claim          limitsClaim  // what this site asked of its store
 }

@@ -22,6 +22,7 @@ type metrics struct {
 	s3Bytes       prometheus.Counter       // body bytes received from S3
 	s3Busy        prometheus.Counter       // requests that found every S3 slot taken
 	purges        *prometheus.CounterVec   // cache-buster purge requests, by result
+	memoryHits    prometheus.Counter       // hits answered from the memory tier
 
 	byStatus map[string]prometheus.Counter // requests, resolved per status once
 }
@@ -57,6 +58,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Namespace: metricsNamespace, Name: "s3_slots_exhausted_total",
 			Help: "Requests that needed S3 but waited fill_queue_timeout without a free slot (max_concurrent_fills), and got a stale copy or a 503.",
 		}),
+		memoryHits: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: metricsNamespace, Name: "memory_hits_total",
+			Help: "Hits whose body came from the memory tier of small objects (TLS, HTTP/2 and HTTP/3 hits), not from the entry file.",
+		}),
 		purges: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: metricsNamespace, Name: "purge_requests_total",
 			Help: "Cache-buster purge requests answered, by result: removed (the object was cached or being fetched) or not_cached.",
@@ -82,6 +87,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		return nil, err
 	}
 	if m.purges, err = register(reg, m.purges); err != nil {
+		return nil, err
+	}
+	if m.memoryHits, err = register(reg, m.memoryHits); err != nil {
 		return nil, err
 	}
 	if _, err = register[prometheus.Collector](reg, storeCollector{}); err != nil {
@@ -127,6 +135,12 @@ func (m *metrics) countPurge(removed bool) {
 		result = "removed"
 	}
 	m.purges.WithLabelValues(result).Inc()
+}
+
+func (m *metrics) countMemoryHit() {
+	if m != nil {
+		m.memoryHits.Inc()
+	}
 }
 
 func (m *metrics) countBytes(source string, n int64) {

@@ -206,6 +206,9 @@ func (h *Handler) buildFillRules() {
 		logger:         h.logger,
 	}
 	h.spoolBudget = newSpoolBudget(spoolBudgetFor(h.MaxConcurrentFills, h.fills.sliceBytes))
+	if h.MemoryCache >= 0 {
+		h.memory = newMemTier(orDefault(h.MemoryCache, defaultMemoryCache))
+	}
 }
 
 // spoolBudgetFor is the memory pass-through chunks may hold at once: a

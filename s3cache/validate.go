@@ -109,6 +109,8 @@ func (h *Handler) checkFills() error {
 		return errors.New("fill_ahead must not be negative")
 	case h.FillParallel < 0 || h.FillParallel > 64:
 		return errors.New("fill_parallel must be between 1 and 64")
+	case h.MemoryCache < -1:
+		return errors.New("memory_cache must be a size, or -1 (off)")
 	}
 	return nil
 }
