@@ -48,8 +48,16 @@ func TestMoovOffsetFromTheFirstBoxes(t *testing.T) {
 		{"faststart", mp4Bytes(size, 4000, true)[:4096], 0, false},
 		{"not an MP4", objectBytes(4096), 0, false},
 		{"too short to tell", mp4Bytes(size, 4000, false)[:30], 0, false},
-		{"mdat to the end of the file", func() []byte { b := mp4Bytes(size, 4000, false); binary.BigEndian.PutUint32(b[24:], 0); return b[:4096] }(), 0, false},
-		{"a box larger than the object", func() []byte { b := mp4Bytes(size, 4000, false); binary.BigEndian.PutUint32(b[24:], size); return b[:4096] }(), 0, false},
+		{"mdat to the end of the file", func() []byte {
+			b := mp4Bytes(size, 4000, false)
+			binary.BigEndian.PutUint32(b[24:], 0)
+			return b[:4096]
+		}(), 0, false},
+		{"a box larger than the object", func() []byte {
+			b := mp4Bytes(size, 4000, false)
+			binary.BigEndian.PutUint32(b[24:], size)
+			return b[:4096]
+		}(), 0, false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			got, ok := moovSliceAfterMdat(c.head, size)
