@@ -46,6 +46,8 @@ func TestCorruptEntryIsNeverServed(t *testing.T) {
 //   - bit rot no metadata shows, on a TLS connection (read through
 //     checkedBody): a range in a good block is still a HIT, the whole
 //     object is cut short at the bad block, and the entry is removed;
+//   - the same rot on TLS with the memory tier on: the body is read and
+//     checked whole before the status line, and answered from S3;
 //   - the same rot on a sendfile connection: the file is trusted only
 //     for reverifyInterval after its last full check, and the check that
 //     follows finds it before the status line.
@@ -63,17 +65,25 @@ func TestDamagedEntryIsNeverServed(t *testing.T) {
 		// hitFirst serves one HIT before the damage, which leaves an
 		// open descriptor of the file pooled for the next one.
 		hitFirst bool
+		// memoryOff turns the memory tier off, so that a TLS hit
+		// streams the file through checkedBody.
+		memoryOff bool
 	}{
 		{name: "altered in place", tls: false},
 		{name: "altered in place after a sendfile hit", tls: false, hitFirst: true},
 		{name: "altered in place after a TLS hit", tls: true, hitFirst: true},
 		{name: "altered in place, TLS", tls: true},
-		{name: "bit rot, TLS", tls: true, invisible: true, wantCut: true},
+		{name: "bit rot, TLS", tls: true, invisible: true, wantCut: true, memoryOff: true},
+		{name: "bit rot, TLS, memory tier", tls: true, invisible: true},
 		{name: "bit rot, sendfile, at the next check", tls: false, invisible: true, checkedAgo: reverifyInterval},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			h := newCachedHandler(t, servingOrigin(data), t.TempDir(), nil)
+			h := newCachedHandler(t, servingOrigin(data), t.TempDir(), func(h *Handler) {
+				if tt.memoryOff {
+					h.MemoryCache = -1
+				}
+			})
 			srv := httptest.NewUnstartedServer(handlerFor(h))
 			if tt.tls {
 				srv.StartTLS()
