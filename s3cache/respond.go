@@ -1,6 +1,7 @@
 package s3cache
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -369,6 +370,10 @@ func (h *Handler) copyOrAbort(w http.ResponseWriter, body io.Reader, key, cacheS
 		if errors.Is(err, errCorruptEntry) {
 			srcErr = err
 		}
+	case *bytes.Reader:
+		// A body from the memory tier: one Write of the whole section,
+		// with no copy through a buffer of ours.
+		n, err = b.WriteTo(writeOnly{w})
 	default:
 		// One pooled block buffer, rather than the two 32 KiB buffers
 		// io.Copy would allocate through the ReadFrom of Caddy's and
