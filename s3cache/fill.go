@@ -343,13 +343,14 @@ func (f *fill) start(plan fillPlan) {
 }
 
 // settle publishes an outcome that serves no body from the entry. A
-// failure is told to the requests that joined while S3 was asked, and to
-// no later one: the fill leaves the registry first, so a request that
-// comes after the failure asks S3 afresh instead of inheriting an answer
-// about the past (a stale copy served seconds after S3 came back).
+// failure, or an object not stored, is told to the requests that joined
+// while S3 was asked, and to no later one: the fill leaves the registry
+// first, so a request that comes after asks afresh instead of inheriting
+// an answer about the past (a stale copy served seconds after S3 came
+// back, or nothing stored after the disk could be written again).
 func (f *fill) settle(outcome fillOutcome, err error) {
 	f.outcome, f.err = outcome, err
-	if outcome == fillFailed {
+	if outcome == fillFailed || outcome == fillUncacheable {
 		f.store.forgetFill(f)
 	}
 	close(f.ready)
