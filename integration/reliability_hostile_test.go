@@ -131,18 +131,8 @@ func TestHostileDayKeepsEveryBound(t *testing.T) {
 		}
 	}
 
-	var samples []hostileSample
 	start := time.Now()
-	tick := time.NewTicker(time.Second)
-	for sampling := true; sampling; {
-		select {
-		case <-ctx.Done():
-			sampling = false
-		case <-tick.C:
-			samples = append(samples, day.sample(t, cacheDir, time.Since(start)))
-		}
-	}
-	tick.Stop()
+	samples := everySecond(ctx, func(elapsed time.Duration) hostileSample { return day.sample(t, cacheDir, elapsed) })
 	wg.Wait()
 	waitS3Quiet(t, time.Second)
 	samples = append(samples, day.sample(t, cacheDir, time.Since(start)))

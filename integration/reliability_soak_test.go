@@ -96,18 +96,7 @@ func TestSoakUnderEvictionChurn(t *testing.T) {
 			}
 		})
 	}
-	var samples []soakSample
-	start := time.Now()
-	tick := time.NewTicker(time.Second)
-	for sampling := true; sampling; {
-		select {
-		case <-ctx.Done():
-			sampling = false
-		case <-tick.C:
-			samples = append(samples, child.sample(t, cacheDir, time.Since(start)))
-		}
-	}
-	tick.Stop()
+	samples := everySecond(ctx, func(elapsed time.Duration) soakSample { return child.sample(t, cacheDir, elapsed) })
 	wg.Wait()
 
 	traffic.report(t)
@@ -451,5 +440,22 @@ func medianSample(samples []soakSample) soakSample {
 		rssBytes:   pick(func(s soakSample) int64 { return s.rssBytes }),
 		fds:        int(pick(func(s soakSample) int64 { return int64(s.fds) })),
 		goroutines: int(pick(func(s soakSample) int64 { return int64(s.goroutines) })),
+	}
+}
+
+// everySecond calls sample once a second, with the time since it began,
+// until ctx is done, and returns what it gave.
+func everySecond[T any](ctx context.Context, sample func(elapsed time.Duration) T) []T {
+	var samples []T
+	start := time.Now()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return samples
+		case <-tick.C:
+			samples = append(samples, sample(time.Since(start)))
+		}
 	}
 }

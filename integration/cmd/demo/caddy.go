@@ -220,18 +220,23 @@ func get(ctx context.Context, client *http.Client, url string) ([]byte, error) {
 }
 
 // stop asks caddy to shut down gracefully, and kills it if it does not.
-func (p *caddyProcess) stop() {
+func (p *caddyProcess) stop() { interruptThenKill(p.cmd, p.exited, caddyStopTimeout) }
+
+// interruptThenKill sends SIGINT to a process still running (exited is
+// closed once it has been waited for), and SIGKILL if it has not exited
+// within timeout.
+func interruptThenKill(cmd *exec.Cmd, exited <-chan struct{}, timeout time.Duration) {
 	select {
-	case <-p.exited:
+	case <-exited:
 		return
 	default:
 	}
-	_ = p.cmd.Process.Signal(syscall.SIGINT)
+	_ = cmd.Process.Signal(syscall.SIGINT)
 	select {
-	case <-p.exited:
-	case <-time.After(caddyStopTimeout):
-		_ = p.cmd.Process.Kill()
-		<-p.exited
+	case <-exited:
+	case <-time.After(timeout):
+		_ = cmd.Process.Kill()
+		<-exited
 	}
 }
 

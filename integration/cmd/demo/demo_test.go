@@ -168,20 +168,7 @@ func launchDemo(t *testing.T, listen, admin string) *demoRun {
 // stop ends a demo still running the way a user does, with SIGINT, so
 // that it removes its directory; SIGKILL only if it hangs, and then its
 // children die with it (Pdeathsig).
-func (d *demoRun) stop() {
-	select {
-	case <-d.exited:
-		return
-	default:
-	}
-	_ = d.cmd.Process.Signal(syscall.SIGINT)
-	select {
-	case <-d.exited:
-	case <-time.After(demoExitTimeout):
-		_ = d.cmd.Process.Kill()
-		<-d.exited
-	}
-}
+func (d *demoRun) stop() { interruptThenKill(d.cmd, d.exited, demoExitTimeout) }
 
 // startDemo launches the demo on free loopback ports and waits for its
 // ready line.
