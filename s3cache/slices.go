@@ -97,12 +97,12 @@ func (f *fill) kickLocked() {
 // A reader earns read-ahead by reading: half a slice to start with, so a
 // reader that reads little (a HEAD, a Range of a few bytes, a client that
 // goes away or reads at 1 KB/s) costs one slice; then as much as it has
-// read so far, and, past its first slice, twice that, up to aheadBytes. A
-// fast reader soon has parallel slices in flight; a slow one never more
-// than the one it is in and the next. The doubling waits for the second
-// slice because a client that left at once still "reads" about a slice
-// into the kernel's socket buffers before the server notices: doubled
-// from the start, that slice earned it two more.
+// read so far, up to aheadBytes. A fast reader soon has parallel slices in
+// flight; a slow one never more than the one it is in and the next. (Twice
+// what it has read, even only past its first slice, grew faster, but a
+// client that left at once may still have "read" more than a slice into
+// the kernel's socket buffers before the server notices, and so earned two
+// slices more: the disconnect storm test caught it.)
 func (f *fill) pickLocked(now time.Time) (k int64, urgent, ok bool) {
 	sliceLen := f.meta.sliceLen
 	for c := range f.cursors {
@@ -145,7 +145,7 @@ func (f *fill) aheadLocked(now time.Time) (int64, bool) {
 		if c.err != nil || c.pos >= c.end {
 			continue
 		}
-		ahead := min(f.rules.aheadBytes, max(sliceLen/2, earnedAhead(c.consumed, sliceLen)))
+		ahead := min(f.rules.aheadBytes, max(sliceLen/2, c.consumed))
 		from, to := c.pos/sliceLen, (min(c.end, c.pos+ahead)-1)/sliceLen
 		for k := from + 1; k <= to; k++ {
 			if f.slices[k].phase != sliceAbsent || f.slices[k].failed {
@@ -158,16 +158,6 @@ func (f *fill) aheadLocked(now time.Time) (int64, bool) {
 		}
 	}
 	return best, best >= 0
-}
-
-// earnedAhead is the read-ahead earned by having read consumed bytes,
-// before the floor of half a slice and the cap of aheadBytes: as much as
-// was read within the first slice, twice as much past it (see pickLocked).
-func earnedAhead(consumed, sliceLen int64) int64 {
-	if consumed > sliceLen {
-		return 2 * consumed
-	}
-	return consumed
 }
 
 // work fetches slice k, then whatever pickLocked chooses next, until it
