@@ -196,10 +196,13 @@ func TestColdSuffixRangeFetchesOnlyTheTail(t *testing.T) {
 
 // Thirty clients ask for thirty distinct cold 8 MiB objects and hang up
 // as soon as they have the headers: S3 sends the slice each answer began
-// with, and at most the next one the read-ahead asked for with the bytes
-// the kernel's socket buffers took, never the objects. Before slices it
-// sent all 240 MiB.
-func TestDisconnectStormFetchesAtMostOneSliceEach(t *testing.T) {
+// with, and the next one the read-ahead asked for with the bytes the
+// kernel's socket buffers took (2.5 MB a client on average at most); when the
+// machine is busy and a hang-up is noticed late, those bytes can reach
+// past a slice and earn one more, but never the doubled read-ahead of a
+// reader that stays, and never the objects. Before slices S3 sent all
+// 240 MiB.
+func TestDisconnectStormFetchesAboutTwoSlicesEach(t *testing.T) {
 	dir := t.TempDir()
 	const n, size = 30, 8<<20 + 4321
 	objs := make([]s3test.Object, n)
@@ -231,8 +234,8 @@ func TestDisconnectStormFetchesAtMostOneSliceEach(t *testing.T) {
 		sent := env.proxy.BodyBytes("", path)
 		total += sent
 		most = max(most, sent)
-		if sent > 2*defaultSlice {
-			t.Errorf("%s: S3 sent %d bytes for a client that left at the headers, want at most two slices (%d)", obj.Key, sent, 2*defaultSlice)
+		if sent > 3*defaultSlice {
+			t.Errorf("%s: S3 sent %d bytes for a client that left at the headers, want at most three slices (%d)", obj.Key, sent, 3*defaultSlice)
 		}
 		for rng, count := range slicesFetched(obj) {
 			if count > 1 {
@@ -242,6 +245,11 @@ func TestDisconnectStormFetchesAtMostOneSliceEach(t *testing.T) {
 		if e, err := readEntryOnDisk(entryPathFor(dir, obj)); err != nil || !e.holds(obj.Body) {
 			t.Errorf("%s: the entry on disk does not hold the object's bytes (%v)", obj.Key, err)
 		}
+	}
+	// Issue 11's bound: 5% of the 50 MB videos of its storm, 2.5 MB a
+	// client, on average.
+	if perClient := 2_500_000; total > int64(n*perClient) {
+		t.Errorf("S3 sent %d body bytes for %d clients that left at the headers, want at most %d a client on average (%d)", total, n, perClient, n*perClient)
 	}
 	t.Logf("%d clients that left at the headers of %d cold %d-byte objects: S3 sent %d body bytes, %.2f%% of the objects, %.2f slices per object on average, %d at most for one",
 		n, n, size, total, 100*float64(total)/float64(n*size), float64(total)/float64(n)/defaultSlice, most)

@@ -146,13 +146,38 @@ type fill struct {
 // the end of its section. Cursors decide which slices are fetched.
 type fillCursor struct {
 	pos, end int64
-	consumed int64 // bytes read so far, which earns read-ahead
+	consumed int64     // bytes read so far, which earns read-ahead
+	joined   time.Time // when the reader joined, which earns it faster
 	// err is set when a fetch of the slice this cursor waits for fails:
 	// its reader sees the failure rather than retrying it.
 	err error
 	// since is the fill's failure count when the cursor's request joined
 	// it: failures after that are the request's own.
 	since uint64
+}
+
+// A reader's read-ahead doubles, from as much as it has read to twice that,
+// once it has both stayed doubleAheadAfter and read doubleAheadPast slices.
+// A client that hangs up as soon as it has the headers may still have
+// "read" a slice or more into the kernel's socket buffers before the
+// server notices (on loopback within a millisecond, over the internet
+// after a round trip, later on a busy server): it must not earn more than
+// the slice after those. A reader that streams passes both gates within a
+// couple of slices and then ramps up twice as fast.
+const (
+	doubleAheadAfter = 100 * time.Millisecond
+	doubleAheadPast  = 2
+)
+
+// readAhead is how far past its position c may have slices fetched, at
+// now: half a slice to start with, then as much as it has read, then twice
+// that; limit at most.
+func (c *fillCursor) readAhead(now time.Time, sliceLen, limit int64) int64 {
+	earned := c.consumed
+	if earned >= doubleAheadPast*sliceLen && now.Sub(c.joined) >= doubleAheadAfter {
+		earned *= 2
+	}
+	return min(limit, max(sliceLen/2, earned))
 }
 
 // failedFor returns the failure of slice k that c's request must see: one

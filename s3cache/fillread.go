@@ -79,7 +79,7 @@ func (f *fill) newReader(ctx context.Context, off, n int64, since uint64, resume
 	r := &fillReader{
 		f:      f,
 		ctx:    ctx,
-		cur:    &fillCursor{pos: off, end: off + n, since: since},
+		cur:    &fillCursor{pos: off, end: off + n, since: since, joined: time.Now()},
 		resume: resume,
 		whole:  off == 0 && n == f.meta.bodyLen,
 	}

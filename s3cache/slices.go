@@ -97,12 +97,10 @@ func (f *fill) kickLocked() {
 // A reader earns read-ahead by reading: half a slice to start with, so a
 // reader that reads little (a HEAD, a Range of a few bytes, a client that
 // goes away or reads at 1 KB/s) costs one slice; then as much as it has
-// read so far, up to aheadBytes. A fast reader soon has parallel slices in
-// flight; a slow one never more than the one it is in and the next. (Twice
-// what it has read, even only past its first slice, grew faster, but a
-// client that left at once may still have "read" more than a slice into
-// the kernel's socket buffers before the server notices, and so earned two
-// slices more: the disconnect storm test caught it.)
+// read so far, and twice that once it has read a couple of slices over a
+// moment (fillCursor.readAhead), up to aheadBytes. A fast reader soon has
+// parallel slices in flight; a slow one never more than the one it is in
+// and the next.
 func (f *fill) pickLocked(now time.Time) (k int64, urgent, ok bool) {
 	sliceLen := f.meta.sliceLen
 	for c := range f.cursors {
@@ -145,7 +143,7 @@ func (f *fill) aheadLocked(now time.Time) (int64, bool) {
 		if c.err != nil || c.pos >= c.end {
 			continue
 		}
-		ahead := min(f.rules.aheadBytes, max(sliceLen/2, c.consumed))
+		ahead := c.readAhead(now, sliceLen, f.rules.aheadBytes)
 		from, to := c.pos/sliceLen, (min(c.end, c.pos+ahead)-1)/sliceLen
 		for k := from + 1; k <= to; k++ {
 			if f.slices[k].phase != sliceAbsent || f.slices[k].failed {
