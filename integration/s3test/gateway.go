@@ -189,7 +189,12 @@ func (g *Gateway) Start(ctx context.Context) error {
 	}
 	// Credentials go through the environment rather than argv so they do
 	// not show up in `ps`.
-	cmd := exec.Command(g.Binary, "--port", g.Addr, "posix", g.Dir)
+	// --keep-alive: S3 keeps a client's connections open between
+	// requests, and versitygw closes each one after its answer unless
+	// told otherwise. Without it every S3 request of a test or benchmark
+	// pays a new connection, which real S3 does not charge, and a cache
+	// that fails to reuse its connections would go unnoticed.
+	cmd := exec.Command(g.Binary, "--keep-alive", "--port", g.Addr, "posix", g.Dir)
 	cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY_ID="+g.AccessKey, "ROOT_SECRET_ACCESS_KEY="+g.SecretKey)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	ConfigureChild(cmd)

@@ -93,6 +93,7 @@ type config struct {
 	suffixSize     int64 // of the object that gets a Range: bytes=-500
 	suffixRate     int64 // the link's cap meanwhile
 	videoSeconds   int   // length of the videos ffprobe reads
+	probeCopies    int   // cold copies of each video ffprobe reads, for a median
 	firstByteSize  int64 // of the slow-first-byte stampede's object
 	firstByteDelay time.Duration
 	// settleQuiet and settleLimit bound the wait for a server's S3
@@ -204,6 +205,7 @@ func parseFlags(args []string) (config, error) {
 	cfg.suffixSize = 100 * mB
 	cfg.suffixRate = 5 * mB
 	cfg.videoSeconds = 60 // about 61 MB
+	cfg.probeCopies = 3
 	cfg.firstByteSize = 1 * mB
 	cfg.firstByteDelay = 6 * time.Second // past lock_timeout's and proxy_cache_lock_timeout's 5s
 	cfg.settleQuiet = 3 * time.Second
@@ -232,6 +234,7 @@ func parseFlags(args []string) (config, error) {
 		cfg.headRangeSize = 20 * mB
 		cfg.suffixSize = 10 * mB
 		cfg.videoSeconds = 8 // about 8 MB
+		cfg.probeCopies = 1
 		cfg.settleQuiet = 500 * time.Millisecond
 		cfg.timeout = min(cfg.timeout, 5*time.Minute)
 	}

@@ -116,7 +116,8 @@ type catalogue struct {
 	heads, ranges []object
 	// suffix gets a Range: bytes=-500.
 	suffix object
-	// videos are the two MP4s ffprobe reads: moov at the end, faststart.
+	// videos are the MP4s ffprobe reads: copies of one with the moov at
+	// the end and of one with it first (faststart), in turn.
 	videos []video
 	// firstByte is the slow-first-byte stampede's.
 	firstByte object

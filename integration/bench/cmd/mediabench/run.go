@@ -243,7 +243,7 @@ func (b *bench) startS3(ctx context.Context) error {
 		n, want, time.Since(started).Round(time.Millisecond), b.cfg.seedBudget)
 
 	if b.cfg.selected("cold ffprobe") {
-		if b.cat.videos, err = prepareVideos(ctx, b.cfg.videoSeconds); err != nil {
+		if b.cat.videos, err = prepareVideos(ctx, b.cfg.videoSeconds, b.cfg.probeCopies); err != nil {
 			return err
 		}
 	}

@@ -32,9 +32,11 @@ const probeEntries = "format=duration,size,format_name:stream=index,codec_name,c
 // seconds, and the same bytes make runs comparable.
 var videoDir = filepath.Join("build", "bench-media")
 
-// prepareVideos returns the two MP4s of the same content, moov at the end
-// and faststart, making them with ffmpeg if an earlier run has not.
-func prepareVideos(ctx context.Context, seconds int) ([]video, error) {
+// prepareVideos returns copies of each of the two MP4s of the same content,
+// moov at the end and faststart, under distinct keys so that each is cold
+// once, making the files with ffmpeg if an earlier run has not. The
+// copies are in turn, one of each layout after the other.
+func prepareVideos(ctx context.Context, seconds, copies int) ([]video, error) {
 	hint := "install it with: apt-get install ffmpeg (scripts/bench does)"
 	ffmpeg, err := findBinary("ffmpeg", hint)
 	if err != nil {
@@ -67,9 +69,9 @@ func prepareVideos(ctx context.Context, seconds int) ([]video, error) {
 	if err != nil {
 		return nil, err
 	}
-	var out []video
+	var files []video
 	for i, file := range []string{end, fast} {
-		o, err := newFileObject(fmt.Sprintf(mediaKeyPattern, "116/000/000/00"+strconv.Itoa(i), filepath.Base(file)), file, "video/mp4")
+		o, err := newFileObject("", file, "video/mp4")
 		if err != nil {
 			return nil, err
 		}
@@ -77,7 +79,14 @@ func prepareVideos(ctx context.Context, seconds int) ([]video, error) {
 		if v.probe, err = ffprobe(ctx, -1, file); err != nil {
 			return nil, fmt.Errorf("ffprobe %s: %w", file, err)
 		}
-		out = append(out, v)
+		files = append(files, v)
+	}
+	var out []video
+	for c := range copies {
+		for i, v := range files {
+			v.key = fmt.Sprintf(mediaKeyPattern, fmt.Sprintf("116/000/%03d/%03d", c, i), filepath.Base(v.file))
+			out = append(out, v)
+		}
 	}
 	return out, nil
 }
