@@ -327,7 +327,8 @@ func (b *bench) startServers(ctx context.Context) error {
 		Bucket: bucket, Endpoint: b.caddyS3.URL(), Root: root,
 		CacheDir: filepath.Join(b.work, "caddy-cache"), Cert: certPath, Key: keyPath,
 		Floor: b.addr.caddyFloor, FloorTLS: b.addr.caddyFloorTLS, FloorBody: strings.Repeat("x", int(b.cat.hot50k.size)),
-		H3: b.addr.caddyH3, FloorH3: b.addr.caddyFloorH3,
+		FloorLargeBody: strings.Repeat("x", int(b.cat.hot1m.size)),
+		H3:             b.addr.caddyH3, FloorH3: b.addr.caddyFloorH3,
 		Options: b.cfg.caddyOptions,
 	}, b.caddyConf)
 	if err != nil {

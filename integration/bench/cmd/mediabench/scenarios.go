@@ -135,11 +135,17 @@ func (b *bench) plainHits(ctx context.Context) error {
 // hit's own ratio reads. A reference row, with no target; it returns
 // respond's rate.
 func (b *bench) caddyFloor(ctx context.Context, l load, hit, what, label string) (float64, error) {
+	return b.caddyFloorOf(ctx, l, "50 KB", "/", hit, what, label)
+}
+
+// caddyFloorOf is caddyFloor for a body of size (its name in the rows),
+// which respond sends at path.
+func (b *bench) caddyFloorOf(ctx context.Context, l load, size, path, hit, what, label string) (float64, error) {
 	base := "http://" + b.addr.caddyFloor
 	if l.tls {
 		base = "https://" + b.addr.caddyFloorTLS
 	}
-	l.path = "/"
+	l.path = path
 	var nginx float64
 	for _, r := range b.report.Rows {
 		if r.Scenario == hit && r.Nginx != nil {
@@ -155,8 +161,8 @@ func (b *bench) caddyFloor(ctx context.Context, l load, hit, what, label string)
 		rates = append(rates, res.RequestsPerSec)
 	}
 	b.report.add(row{
-		Scenario: "reference: Caddy's own respond, 50 KB from memory, no module, " + what + ", req/s (nginx: its 50 KB HIT)",
-		Label:    "reference: Caddy respond 50 KB, " + label, Unit: "req/s", Nginx: f64(nginx), Ours: median(rates),
+		Scenario: "reference: Caddy's own respond, " + size + " from memory, no module, " + what + ", req/s (nginx: its " + size + " HIT)",
+		Label:    "reference: Caddy respond " + size + ", " + label, Unit: "req/s", Nginx: f64(nginx), Ours: median(rates),
 	}, target{})
 	return median(rates), nil
 }

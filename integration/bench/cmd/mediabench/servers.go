@@ -65,14 +65,17 @@ type caddyConfig struct {
 	// HTTP and TLS, so that the measured media sites' routes stay as a
 	// user writes them, answering every request with FloorBody: as many
 	// bytes as the 50 KB object, sent by Caddy's own respond handler, the
-	// floor any handler in Caddy starts from.
+	// floor any handler in Caddy starts from. On the TLS one,
+	// floorLargePath answers FloorLargeBody instead: as many bytes as the
+	// 1 MB object.
 	Floor, FloorTLS string
 	// H3 and FloorH3 (127.0.0.1:port), when set, are the media site and
 	// the respond site again, speaking HTTP/3 too: on sites of their own,
 	// so that no other answer carries the Alt-Svc header Caddy adds
 	// where it serves h3, which the recipe's nginx does not send.
-	H3, FloorH3 string
-	FloorBody   string
+	H3, FloorH3    string
+	FloorBody      string
+	FloorLargeBody string
 	// Options are extra lines of the s3_media_cache block (-caddy-option).
 	Options []string
 }
