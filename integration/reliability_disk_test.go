@@ -3,6 +3,7 @@ package integration
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -50,7 +51,15 @@ func remount(t *testing.T, dir string, readOnly bool) {
 	if readOnly {
 		flags |= syscall.MS_RDONLY
 	}
-	if err := syscall.Mount("tmpfs", dir, "", flags, ""); err != nil {
+	// A fill that has just stored its entry may still hold the file open
+	// for writing for a moment, while it winds down; the kernel refuses
+	// a read-only remount (EBUSY) until it lets go.
+	var err error
+	waitFor(5*time.Second, func() bool {
+		err = syscall.Mount("tmpfs", dir, "", flags, "")
+		return !errors.Is(err, syscall.EBUSY)
+	})
+	if err != nil {
 		t.Fatalf("remounting %s (read-only %v): %v", dir, readOnly, err)
 	}
 }
