@@ -197,8 +197,8 @@ func TestColdSuffixRangeFetchesOnlyTheTail(t *testing.T) {
 // Thirty clients ask for thirty distinct cold 8 MiB objects and hang up
 // as soon as they have the headers: S3 sends the slice each answer began
 // with, and the next one the read-ahead asked for with the bytes the
-// kernel's socket buffers took (2.5 MB a client on average at most); when the
-// machine is busy and a hang-up is noticed late, those bytes can reach
+// kernel's socket buffers took: 2.5 MB a client on average at most. When
+// the machine is busy and a hang-up is noticed late, those bytes can reach
 // past a slice and earn one more, but never the doubled read-ahead of a
 // reader that stays, and never the objects. Before slices S3 sent all
 // 240 MiB.

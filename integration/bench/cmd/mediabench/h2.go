@@ -50,7 +50,7 @@ func (b *bench) h2Hits(ctx context.Context) error {
 		if err := b.throughput(ctx, row{Scenario: hit, Label: "h2, HIT 1 MB, " + short}, l, []object{b.cat.hot1m}, ratioAtLeast(1.5)); err != nil {
 			return err
 		}
-		respond, err := b.caddyFloorOf(ctx, l, "1 MB", "/large", hit, "h2, "+long, "h2, "+short)
+		respond, err := b.caddyFloorOf(ctx, l, "1 MB", floorLargePath, hit, "h2, "+long, "h2, "+short)
 		if err != nil {
 			return err
 		}

@@ -66,7 +66,7 @@ type caddyConfig struct {
 	// user writes them, answering every request with FloorBody: as many
 	// bytes as the 50 KB object, sent by Caddy's own respond handler, the
 	// floor any handler in Caddy starts from. On the TLS one,
-	// floorLargePath answers FloorLargeBody instead: as many bytes as the
+	// FloorLargePath answers FloorLargeBody instead: as many bytes as the
 	// 1 MB object.
 	Floor, FloorTLS string
 	// H3 and FloorH3 (127.0.0.1:port), when set, are the media site and
@@ -79,6 +79,12 @@ type caddyConfig struct {
 	// Options are extra lines of the s3_media_cache block (-caddy-option).
 	Options []string
 }
+
+// floorLargePath is where the TLS respond site sends FloorLargeBody.
+const floorLargePath = "/large"
+
+// FloorLargePath is floorLargePath, for the template.
+func (caddyConfig) FloorLargePath() string { return floorLargePath }
 
 func render(name string, data any, path string) error {
 	var buf bytes.Buffer
