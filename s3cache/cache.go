@@ -259,12 +259,13 @@ func (h *Handler) serveEntry(w http.ResponseWriter, r *http.Request, e *entry, c
 	if r.Method == http.MethodGet {
 		// The file is still the one whose blocks were checked (above):
 		// a body kept in memory from it is the file's.
-		b, err := h.memoryBody(e, body)
+		it, err := h.memoryBody(e, body)
 		if err != nil {
 			return fmt.Errorf("%w: %w", errEntryGone, err)
 		}
-		if b != nil {
-			return h.respondStored(w, r, &e.meta, cacheStatus, b)
+		if it != nil {
+			defer h.memory.done(it)
+			return h.respondStored(w, r, &e.meta, cacheStatus, memBody(it.body))
 		}
 	}
 	return h.respondStored(w, r, &e.meta, cacheStatus, body)

@@ -18,6 +18,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/s3mediacache/caddy-s3-media-cache/integration/s3test"
 )
 
 const wrkOutput = `Running 8s test @ http://127.0.0.1:40000/media_attachments/files/hot-50k.jpg
@@ -220,7 +222,7 @@ func TestQuickModeShrinksTheRun(t *testing.T) {
 func TestTemplatesRenderValidConfigs(t *testing.T) {
 	dir := t.TempDir()
 	certPath, keyPath := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	if _, err := writeCertificate(certPath, keyPath); err != nil {
+	if _, err := s3test.WriteCertificate(certPath, keyPath); err != nil {
 		t.Fatal(err)
 	}
 	cache, err := nginxBase(filepath.Join(dir, "cache"), "127.0.0.1:18080")

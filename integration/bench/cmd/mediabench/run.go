@@ -275,7 +275,7 @@ func (b *bench) startS3(ctx context.Context) error {
 
 func (b *bench) startServers(ctx context.Context) error {
 	certPath, keyPath := filepath.Join(b.work, "cert.pem"), filepath.Join(b.work, "key.pem")
-	pool, err := writeCertificate(certPath, keyPath)
+	pool, err := s3test.WriteCertificate(certPath, keyPath)
 	if err != nil {
 		return err
 	}
@@ -320,6 +320,14 @@ func (b *bench) startServers(ctx context.Context) error {
 	}
 	fmt.Printf("nginx: cache on http://%s, TLS in front on https://%s (configs in %s)\n", b.addr.nginxHTTP, b.addr.nginxTLS, b.work)
 
+	floorFiles := filepath.Join(b.work, "floor-files")
+	if err := os.MkdirAll(floorFiles, 0o755); err != nil {
+		return fmt.Errorf("creating %s: %w", floorFiles, err)
+	}
+	largeFile := filepath.Join(floorFiles, floorFilePath)
+	if err := os.WriteFile(largeFile, s3test.RandomBytes(int(b.cat.hot1m.size), 1414), 0o644); err != nil {
+		return fmt.Errorf("writing %s: %w", largeFile, err)
+	}
 	b.caddyConf = filepath.Join(b.work, "Caddyfile")
 	b.caddyLog = filepath.Join(b.work, "caddy.log")
 	err = render("Caddyfile.tmpl", caddyConfig{
@@ -327,8 +335,8 @@ func (b *bench) startServers(ctx context.Context) error {
 		Bucket: bucket, Endpoint: b.caddyS3.URL(), Root: root,
 		CacheDir: filepath.Join(b.work, "caddy-cache"), Cert: certPath, Key: keyPath,
 		Floor: b.addr.caddyFloor, FloorTLS: b.addr.caddyFloorTLS, FloorBody: strings.Repeat("x", int(b.cat.hot50k.size)),
-		FloorLargeBody: strings.Repeat("x", int(b.cat.hot1m.size)),
-		H3:             b.addr.caddyH3, FloorH3: b.addr.caddyFloorH3,
+		FloorLargeBody: strings.Repeat("x", int(b.cat.hot1m.size)), FloorFileRoot: floorFiles,
+		H3: b.addr.caddyH3, FloorH3: b.addr.caddyFloorH3,
 		Options: b.cfg.caddyOptions,
 	}, b.caddyConf)
 	if err != nil {

@@ -135,17 +135,38 @@ func (b *bench) plainHits(ctx context.Context) error {
 // hit's own ratio reads. A reference row, with no target; it returns
 // respond's rate.
 func (b *bench) caddyFloor(ctx context.Context, l load, hit, what, label string) (float64, error) {
-	return b.caddyFloorOf(ctx, l, "50 KB", "/", hit, what, label)
+	return b.caddyReference(ctx, l, respondOf("50 KB", "/"), hit, what, label)
 }
 
-// caddyFloorOf is caddyFloor for a body of size (its name in the rows),
-// which respond sends at path.
-func (b *bench) caddyFloorOf(ctx context.Context, l load, size, path, hit, what, label string) (float64, error) {
+// reference is a response of Caddy's with no module involved, for a
+// reference row: the handler that sends it, the size of its body (its
+// name in the rows), where the body comes from, and the path that asks
+// for it on the reference sites.
+type reference struct {
+	handler, size, source, path string
+}
+
+// respondOf is Caddy's respond handler sending a body of size from
+// memory, at path.
+func respondOf(size, path string) reference {
+	return reference{handler: "respond", size: size, source: "from memory", path: path}
+}
+
+// fileServerOf is Caddy's file_server sending a file of size from the
+// reference site's directory (in the page cache after the first request),
+// at path.
+func fileServerOf(size, path string) reference {
+	return reference{handler: "file_server", size: size, source: "file", path: path}
+}
+
+// caddyReference measures ref on the reference site (over TLS if l says
+// so), against nginx's figure in the row named hit, and returns its rate.
+func (b *bench) caddyReference(ctx context.Context, l load, ref reference, hit, what, label string) (float64, error) {
 	base := "http://" + b.addr.caddyFloor
 	if l.tls {
 		base = "https://" + b.addr.caddyFloorTLS
 	}
-	l.path = path
+	l.path = ref.path
 	var nginx float64
 	for _, r := range b.report.Rows {
 		if r.Scenario == hit && r.Nginx != nil {
@@ -154,15 +175,15 @@ func (b *bench) caddyFloorOf(ctx context.Context, l load, size, path, hit, what,
 	}
 	var rates []float64
 	for range b.cfg.rounds {
-		res, err := b.measure(ctx, "Caddy's respond floor, "+what, "caddy respond", l, base)
+		res, err := b.measure(ctx, "Caddy's "+ref.handler+" floor, "+what, "caddy "+ref.handler, l, base)
 		if err != nil {
 			return 0, err
 		}
 		rates = append(rates, res.RequestsPerSec)
 	}
 	b.report.add(row{
-		Scenario: "reference: Caddy's own respond, " + size + " from memory, no module, " + what + ", req/s (nginx: its " + size + " HIT)",
-		Label:    "reference: Caddy respond " + size + ", " + label, Unit: "req/s", Nginx: f64(nginx), Ours: median(rates),
+		Scenario: "reference: Caddy's own " + ref.handler + ", " + ref.size + " " + ref.source + ", no module, " + what + ", req/s (nginx: its " + ref.size + " HIT)",
+		Label:    "reference: Caddy " + ref.handler + " " + ref.size + ", " + label, Unit: "req/s", Nginx: f64(nginx), Ours: median(rates),
 	}, target{})
 	return median(rates), nil
 }

@@ -3,18 +3,10 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"embed"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
-	"net"
 	"os"
 	"os/exec"
 	"os/user"
@@ -24,7 +16,6 @@ import (
 	"strings"
 	"syscall"
 	"text/template"
-	"time"
 
 	"github.com/s3mediacache/caddy-s3-media-cache/integration/s3test"
 )
@@ -67,8 +58,10 @@ type caddyConfig struct {
 	// bytes as the 50 KB object, sent by Caddy's own respond handler, the
 	// floor any handler in Caddy starts from. On the TLS one,
 	// FloorLargePath answers FloorLargeBody instead: as many bytes as the
-	// 1 MB object.
+	// 1 MB object; and FloorFilePath is the file of that size in
+	// FloorFileRoot, sent by Caddy's file_server.
 	Floor, FloorTLS string
+	FloorFileRoot   string
 	// H3 and FloorH3 (127.0.0.1:port), when set, are the media site and
 	// the respond site again, speaking HTTP/3 too: on sites of their own,
 	// so that no other answer carries the Alt-Svc header Caddy adds
@@ -85,6 +78,13 @@ const floorLargePath = "/large"
 
 // FloorLargePath is floorLargePath, for the template.
 func (caddyConfig) FloorLargePath() string { return floorLargePath }
+
+// floorFilePath is where the TLS reference site's file_server sends a
+// file as large as the 1 MB object, under caddyConfig.FloorFileRoot.
+const floorFilePath = "/large.bin"
+
+// FloorFilePath is floorFilePath, for the template.
+func (caddyConfig) FloorFilePath() string { return floorFilePath }
 
 func render(name string, data any, path string) error {
 	var buf bytes.Buffer
@@ -273,49 +273,6 @@ func walkJSON(v any, f func(map[string]any)) {
 			walkJSON(child, f)
 		}
 	}
-}
-
-// writeCertificate makes a self-signed ECDSA P-256 certificate for
-// 127.0.0.1 and localhost, the kind certbot issues today, and returns its
-// pool for the bench's own clients.
-func writeCertificate(certPath, keyPath string) (*x509.CertPool, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, fmt.Errorf("generating the TLS key: %w", err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(time.Now().UnixNano()),
-		Subject:               pkix.Name{CommonName: "files.example.com"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		DNSNames:              []string{"localhost", "files.example.com"},
-		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return nil, fmt.Errorf("creating the TLS certificate: %w", err)
-	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		return nil, fmt.Errorf("encoding the TLS key: %w", err)
-	}
-	if err := os.WriteFile(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
-		return nil, fmt.Errorf("writing %s: %w", certPath, err)
-	}
-	if err := os.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
-		return nil, fmt.Errorf("writing %s: %w", keyPath, err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, err
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	return pool, nil
 }
 
 // freeAddr is a loopback address with a port that was free a moment ago.
