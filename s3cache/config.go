@@ -141,11 +141,11 @@ type Handler struct {
 	// come faster than one connection to S3 carries it. Default: 8.
 	FillParallel int `json:"fill_parallel,omitempty"`
 
-	// Bytes of small bodies (up to 1MiB each) this site keeps in
-	// memory for hits that pass the body through the process (TLS,
-	// HTTP/2, HTTP/3), so they skip the file read and its checks. Bodies
-	// still being sent count too, until their responses end. -1 turns
-	// it off. Default: 32MiB.
+	// Bytes of small bodies (up to 1MiB each, from their second hit on)
+	// this site keeps in memory for hits that pass the body through the
+	// process (TLS, HTTP/2, HTTP/3), so they skip the file read and its
+	// checks. Bodies still being sent count too, until their responses
+	// end. -1 turns it off. Default: 32MiB.
 	MemoryCache int64 `json:"memory_cache,omitempty"`
 
 	// Most S3 requests this handler has in flight at once: fills,

@@ -13,7 +13,8 @@ import (
 // its CRC. For the small objects that make most of a media host's requests
 // (avatars, previews, emoji), that read and check are a fair share of the
 // hit's cost. The memory tier keeps the checked bodies of small entries
-// that such hits read, so the next one writes them straight from memory.
+// that such hits read a second time, so the next ones write them straight
+// from memory.
 //
 // A body is kept under its entry's cache key and generation, and served
 // only to a request that found that very entry in the index: a purge, an
@@ -33,6 +34,15 @@ const memTierObjectMax = 1 << 20
 // defaultMemoryCache is the bound of a site's memory tier.
 const defaultMemoryCache = 32 << 20
 
+// memTierSeenKeys is how many keys the tier remembers having been asked
+// for once. A body is read into the tier on its second hit, as nginx's
+// proxy_cache_min_uses 2 stores an object on its second request: a scan
+// of distinct objects over TLS then reads their files, as it would with
+// no tier, instead of pushing the hot bodies out and allocating a body
+// for each object scanned. The set starts over when full, so it costs at
+// most this many keys.
+const memTierSeenKeys = 4096
+
 // memTier is bounded by the bytes of the bodies it holds plus those of
 // the bodies responses are still sending: a body that leaves the tier (an
 // eviction, a new generation) while a slow client is still being sent it
@@ -46,7 +56,8 @@ type memTier struct {
 	used    int64 // bytes of bodies held or being sent
 	sending int64 // of which, bytes of bodies being sent
 	items   map[string]*memItem
-	lru     list.List // of *memItem, most recently used first
+	lru     list.List           // of *memItem, most recently used first
+	seen    map[string]struct{} // keys asked for once, not kept yet
 }
 
 // memItem is one body. readers counts the responses sending it, and elem
@@ -60,7 +71,22 @@ type memItem struct {
 }
 
 func newMemTier(max int64) *memTier {
-	return &memTier{max: max, items: make(map[string]*memItem)}
+	return &memTier{max: max, items: make(map[string]*memItem), seen: make(map[string]struct{})}
+}
+
+// secondAsk reports whether key was asked for before, among the last
+// memTierSeenKeys keys the tier did not hold, and remembers it.
+func (t *memTier) secondAsk(key string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if _, ok := t.seen[key]; ok {
+		return true
+	}
+	if len(t.seen) >= memTierSeenKeys {
+		clear(t.seen)
+	}
+	t.seen[key] = struct{}{}
+	return false
 }
 
 // get returns the body kept for generation gen of key, held for one
@@ -178,11 +204,11 @@ func (b memBody) section(off, n int64) (io.Reader, error) {
 }
 
 // memoryBody returns e's body from the memory tier, reading it from its
-// file (checked block by block) into the tier when it is not there yet,
-// held for the caller's response until it calls done. It returns nil when
-// the tier does not keep e's body (the tier is off, the body too large,
-// the bodies being sent fill the tier), for the caller to serve the file
-// itself. The caller has checked that the file is still the one last
+// file (checked block by block) into the tier when it is not there yet and
+// was asked for before, held for the caller's response until it calls
+// done. It returns nil when the tier does not keep e's body (the tier is
+// off, the body too large, its first hit, the bodies being sent fill the
+// tier), for the caller to serve the file itself. The caller has checked that the file is still the one last
 // checked whole (checkBeforeHit): an entry file damaged or removed by
 // hand is noticed there, as on any hit, and its body in memory is not
 // served.
@@ -193,6 +219,9 @@ func (h *Handler) memoryBody(e *entry, file *checkedBody) (*memItem, error) {
 	if it := h.memory.get(e.meta.Key, e.gen); it != nil {
 		h.metrics.countMemoryHit()
 		return it, nil
+	}
+	if !h.memory.secondAsk(e.meta.Key) {
+		return nil, nil
 	}
 	it := h.memory.reserve(e.meta.Key, e.gen, e.meta.bodyLen)
 	if it == nil {

@@ -2,6 +2,7 @@ package s3cache
 
 import (
 	"bytes"
+	"fmt"
 	"net/http/httptest"
 	"sync/atomic"
 	"testing"
@@ -53,6 +54,28 @@ func TestMemTierKeepsWithinItsBound(t *testing.T) {
 	}
 	if tier.reserve("huge", 1, 101) != nil || tier.bytes() > 100 {
 		t.Fatal("room was made for a body over the bound")
+	}
+}
+
+// TestMemTierTakesABodyOnItsSecondAsk checks the tier's admission: a key
+// is wanted on its second ask, and the keys asked for once are forgotten
+// when their set fills, so it stays bounded.
+func TestMemTierTakesABodyOnItsSecondAsk(t *testing.T) {
+	tier := newMemTier(100)
+	if tier.secondAsk("avatar") {
+		t.Fatal("a key asked for the first time is wanted")
+	}
+	if !tier.secondAsk("avatar") {
+		t.Fatal("a key asked for the second time is not wanted")
+	}
+	for i := range memTierSeenKeys {
+		tier.secondAsk(fmt.Sprintf("scanned-%d", i))
+	}
+	if len(tier.seen) > memTierSeenKeys {
+		t.Fatalf("%d keys remembered, more than %d", len(tier.seen), memTierSeenKeys)
+	}
+	if tier.secondAsk("avatar") {
+		t.Fatal("a key is still remembered after a scan of more keys than the set holds")
 	}
 }
 
@@ -169,11 +192,12 @@ func TestTLSHitsComeFromMemory(t *testing.T) {
 			if code, status, body := get("Range", "bytes=70000-70099"); code != 206 || status != cacheHit || !bytes.Equal(body, v1[70000:70100]) {
 				t.Fatalf("range hit: %d %s, equal %v", code, status, bytes.Equal(body, v1[70000:70100]))
 			}
-			// The first hit reads the file into memory; the next two and
-			// the range come from there.
+			// The first hit reads the file, and the tier notes the key;
+			// the second reads the file into memory; the third and the
+			// range come from there.
 			want := 0.0
 			if c.wantMemory {
-				want = 3
+				want = 2
 			}
 			if hits := counterValue(t, h.metrics.memoryHits); hits != want {
 				t.Fatalf("%v hits from memory, want %v", hits, want)
