@@ -190,8 +190,8 @@ func (s *tlsSite) get(t *testing.T, client *http.Client, path string, headers ..
 		t.Fatal(err)
 	}
 	for _, h := range headers {
-		name, value, _ := strings.Cut(h, ":")
-		req.Header.Set(name, strings.TrimSpace(value))
+		name, value, _ := cutHeader(h)
+		req.Header.Set(name, value)
 	}
 	resp, err := client.Do(req)
 	if err != nil {

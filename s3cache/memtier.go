@@ -123,15 +123,14 @@ func (t *memTier) reserve(key string, gen uint64, n int64) *memItem {
 	if t.sending+n > t.max {
 		return nil
 	}
+	// Once every body no response is sending is dropped, used is
+	// sending, so the check above guarantees the room.
 	for e := t.lru.Back(); e != nil && t.used+n > t.max; {
 		it := e.Value.(*memItem)
 		e = e.Prev()
 		if it.readers == 0 {
 			t.removeLocked(it)
 		}
-	}
-	if t.used+n > t.max {
-		return nil // cannot happen: what is not being sent was dropped
 	}
 	it := &memItem{key: key, gen: gen, body: make([]byte, n)}
 	t.used += n
